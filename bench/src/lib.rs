@@ -1,0 +1,2 @@
+//! kxdp benchmark harness. (Being written.)
+#![forbid(unsafe_code)]

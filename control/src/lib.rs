@@ -1,0 +1,2 @@
+//! kxdp's control plane: sources, change tracking, the table compiler.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! Connection tracking. (Being written.)

@@ -1,0 +1,18 @@
+//! kxdp's dataplane: pure packet logic plus the I/O layer.
+//!
+//! - [`wire`]: zero-copy header views, builders and checksums.
+//! - [`tables`]: the immutable, per-generation lookup tables (read side).
+//! - [`conntrack`]: the shared, bounded connection tracker.
+//! - [`pipeline`]: the per-packet stages; one function shows their order.
+//! - [`drop_reason`]: stable drop codes shared by counters, traces and tools.
+//!
+//! Nothing here reads the clock or touches a socket except [`io`]: the
+//! pipeline takes `now` and a batch, and returns verdicts.
+
+pub mod conntrack;
+pub mod drop_reason;
+pub mod pipeline;
+pub mod tables;
+pub mod wire;
+
+pub use drop_reason::DropReason;

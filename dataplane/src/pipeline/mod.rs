@@ -1,0 +1,1 @@
+//! The packet pipeline. (Being written.)

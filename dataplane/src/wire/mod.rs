@@ -1,0 +1,1 @@
+//! Zero-copy header views, builders and checksums. (Being written.)

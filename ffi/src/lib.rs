@@ -1,0 +1,1 @@
+//! kxdp's boundary with C. (Being written.)

@@ -1,0 +1,6 @@
+//! The `kxdp` binary.
+#![forbid(unsafe_code)]
+
+fn main() {
+    println!("kxdp");
+}
