@@ -1,2 +1,5 @@
-//! kxdp benchmark harness. (Being written.)
+//! kxdp benchmark harness: synthetic tables at scale and packet builders
+//! shared by the criterion benchmarks (`benches/`) and the veth harness.
 #![forbid(unsafe_code)]
+
+pub mod fixture;

@@ -72,6 +72,9 @@ drop_reasons! {
     ServiceNoLocalEndpoints = 31, "service-no-local-endpoints";
     /// The client is outside the Service's loadBalancerSourceRanges.
     LoadBalancerSourceRange = 32, "load-balancer-source-range";
+    /// A Service IP addressed on a port (or protocol) no Service uses:
+    /// rejected like kube-proxy's nftables mode does.
+    NoServicePort = 33, "no-service-port";
     /// Egress NetworkPolicy of the source pod denies the connection.
     PolicyDeniedEgress = 40, "policy-denied-egress";
     /// Ingress NetworkPolicy of the destination pod denies the connection.
@@ -83,6 +86,9 @@ drop_reasons! {
     /// A non-SYN TCP packet that matches no connection, to a translated
     /// frontend (cannot be load-balanced consistently).
     ConntrackInvalid = 52, "conntrack-invalid";
+    /// Another worker was committing the same flow at this instant; the
+    /// next packet of the flow finds the winner.
+    ConntrackBusy = 53, "conntrack-busy";
     /// TTL reached zero; an ICMP time exceeded goes back to the sender.
     TtlExceeded = 60, "ttl-exceeded";
     /// Packet too big for the egress MTU with DF set; an ICMP

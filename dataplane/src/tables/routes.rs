@@ -134,7 +134,7 @@ impl RouteTable {
             map.insert(u32::from(cidr.addr()), idx);
             t.routes.push((cidr, idx));
         }
-        t.by_len.sort_by(|a, b| b.0.cmp(&a.0));
+        t.by_len.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         t
     }
 
