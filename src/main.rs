@@ -1,6 +1,37 @@
-//! The `kxdp` binary.
+//! The `kxdp` binary: one entry point for the daemon, the demo and the tools.
 #![forbid(unsafe_code)]
 
-fn main() {
-    println!("kxdp");
+mod trace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// kxdp: a userspace AF_XDP packet dataplane for Kubernetes nodes.
+#[derive(Parser, Debug)]
+#[command(name = "kxdp", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one synthesized packet (or a batch) through the pipeline against
+    /// tables compiled from manifests, and print each stage's decision.
+    Trace(trace::TraceArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Trace(args) => trace::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kxdp: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -11,8 +11,9 @@ use std::net::Ipv4Addr;
 
 use kxdp_dataplane::tables::services::FrontendKey;
 use kxdp_dataplane::tables::{
-    Backend, BackendSet, FrontendKind, IpProto, LocalPod, MacAddr, NeighbourTable, NodeConfig, PodInterface, PodTable,
-    PolicyTable, RemoteNode, RouteTable, ServicePort, ServiceTable, TableSet, VxlanConfig,
+    Backend, BackendSet, FrontendKind, IpProto, LocalPod, MacAddr, NeighbourTable, NodeConfig,
+    PodInterface, PodTable, PolicyTable, RemoteNode, RouteTable, ServicePort, ServiceTable,
+    TableSet, VxlanConfig,
 };
 
 pub const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
@@ -43,25 +44,56 @@ pub fn tables(services: u32, endpoints: u32) -> TableSet {
         ip,
         namespace: "bench".into(),
         name: name.into(),
-        interface: Some(PodInterface { name: format!("veth-{name}").into(), ifindex, host_mac: host, pod_mac: podmac }),
+        interface: Some(PodInterface {
+            name: format!("veth-{name}").into(),
+            ifindex,
+            host_mac: host,
+            pod_mac: podmac,
+        }),
         policy_slot: slot,
     };
     let (pods, _) = PodTable::new(vec![
-        pod(CLIENT_POD, "client", CLIENT_IF, CLIENT_HOST_MAC, CLIENT_POD_MAC, 0),
-        pod(SERVER_POD, "server", SERVER_IF, SERVER_HOST_MAC, SERVER_POD_MAC, 1),
+        pod(
+            CLIENT_POD,
+            "client",
+            CLIENT_IF,
+            CLIENT_HOST_MAC,
+            CLIENT_POD_MAC,
+            0,
+        ),
+        pod(
+            SERVER_POD,
+            "server",
+            SERVER_IF,
+            SERVER_HOST_MAC,
+            SERVER_POD_MAC,
+            1,
+        ),
     ]);
     let routes = RouteTable::new(vec![(
         "10.244.2.0/24".parse().expect("literal CIDR"),
-        RemoteNode { name: "node-b".into(), vtep_ip: NODE_B, vtep_mac: VTEP_B_MAC },
+        RemoteNode {
+            name: "node-b".into(),
+            vtep_ip: NODE_B,
+            vtep_mac: VTEP_B_MAC,
+        },
     )]);
     let mut table = ServiceTable::new();
     for i in 0..services {
         let backends: Vec<Backend> = (0..endpoints)
             .map(|e| {
                 if e == 0 {
-                    Backend { ip: SERVER_POD, port: 8080, local: true }
+                    Backend {
+                        ip: SERVER_POD,
+                        port: 8080,
+                        local: true,
+                    }
                 } else {
-                    Backend { ip: Ipv4Addr::new(10, 244, 2, (2 + (i + e) % 250) as u8), port: 8080, local: false }
+                    Backend {
+                        ip: Ipv4Addr::new(10, 244, 2, (2 + (i + e) % 250) as u8),
+                        port: 8080,
+                        local: false,
+                    }
                 }
             })
             .collect();
@@ -83,7 +115,15 @@ pub fn tables(services: u32, endpoints: u32) -> TableSet {
             health_check_node_port: None,
         });
         table
-            .add_frontend(FrontendKey { ip: service_ip(i), port: 80, proto: IpProto::Udp }, idx, FrontendKind::ClusterIp)
+            .add_frontend(
+                FrontendKey {
+                    ip: service_ip(i),
+                    port: 80,
+                    proto: IpProto::Udp,
+                },
+                idx,
+                FrontendKind::ClusterIp,
+            )
             .expect("unique synthetic frontends");
     }
     let mut neighbours = NeighbourTable::default();
@@ -113,7 +153,15 @@ pub fn tables(services: u32, endpoints: u32) -> TableSet {
 }
 
 /// A UDP frame of `len` bytes on the wire (Ethernet included, >= 42).
-pub fn udp_frame(src_mac: MacAddr, dst_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, len: usize) -> Vec<u8> {
+pub fn udp_frame(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    len: usize,
+) -> Vec<u8> {
     let payload = vec![0x42u8; len.saturating_sub(42)];
     let mut out = Vec::with_capacity(len);
     etherparse::PacketBuilder::ethernet2(src_mac.0, dst_mac.0)

@@ -1,0 +1,523 @@
+//! The sync runner: drains source events into the [`ChangeTracker`],
+//! compiles and publishes table generations at a bounded frequency.
+//!
+//! Contract (kube-proxy's `BoundedFrequencyRunner` plus its sync rules):
+//! - Nothing is compiled or published before every required kind is synced
+//!   (its first whole list arrived). `/readyz` says which are missing.
+//! - After a change, a sync runs as soon as `min_interval` has passed since
+//!   the previous one (changes arriving meanwhile are coalesced); with no
+//!   change, a full resync runs every `max_interval` — but only while every
+//!   source reports itself healthy, so tables are never re-stamped as fresh
+//!   from a view that may be stale. `/healthz` therefore turns 503 when no
+//!   publish happened for 2 × `max_interval` (see [`Status::health`]).
+//! - A sync is *full* for the first publish, after a failed compile and for
+//!   the periodic resync; otherwise it is *partial* and the compile callback
+//!   gets the [`ChangeSet`] (what changed, with the previous objects). Both
+//!   are timed in `kxdp_sync_duration_seconds{mode}`.
+//! - A failed compile publishes nothing: the previous generation keeps
+//!   serving, the error is logged and counted, and the next sync is full.
+//! - Each successful compile is published with one atomic store
+//!   ([`TableSlot`]); generations count up by one per publish.
+//!
+//! The runner is a plain thread: compiles are CPU-bound and must not stall
+//! the sources' async runtime.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use kxdp_dataplane::tables::{publication, TablePublisher, TableReader, TableSet};
+
+use crate::metrics::Metrics;
+use crate::model::ClusterState;
+use crate::source::{EventReceiver, Kind, SourceEvent};
+use crate::tracker::{ChangeSet, ChangeTracker};
+
+/// Longest the runner sleeps without looking at its stop flag.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Timing and sync requirements.
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Minimum time between two syncs (kube-proxy `minSyncPeriod`, 1 s).
+    pub min_interval: Duration,
+    /// Maximum time between two syncs (kube-proxy `syncPeriod`, 30 s).
+    pub max_interval: Duration,
+    /// Kinds that must have synced before the first publish.
+    pub required: BTreeSet<Kind>,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            min_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(30),
+            required: Kind::ALL.into_iter().collect(),
+        }
+    }
+}
+
+/// What the compile callback gets.
+pub struct CompileInput<'a> {
+    /// The whole current desired state.
+    pub state: &'a ClusterState,
+    /// What changed since the previous successful or failed sync (empty for
+    /// a periodic resync).
+    pub changes: &'a ChangeSet,
+    /// The generation number the tables must carry.
+    pub generation: u64,
+    /// True when the callback must rebuild everything (first publish, after
+    /// an error, periodic resync); false when `changes` is the whole delta
+    /// to the previously published tables.
+    pub full: bool,
+}
+
+/// What publish hooks get after each publish.
+pub struct PublishEvent<'a> {
+    pub state: &'a ClusterState,
+    pub tables: &'a Arc<TableSet>,
+    pub changes: &'a ChangeSet,
+    pub full: bool,
+}
+
+/// Called after every publish, on the runner thread (keep it short).
+pub type PublishHook = Box<dyn FnMut(&PublishEvent<'_>) + Send>;
+
+/// Where the runner publishes: created empty, it becomes a
+/// [`TablePublisher`]/[`TableReader`] pair at the first publish (the
+/// dataplane's publication needs an initial table set). Workers start with
+/// [`TableSlot::wait_reader`].
+#[derive(Default)]
+pub struct TableSlot {
+    inner: Mutex<Option<(TablePublisher, TableReader)>>,
+    published: Condvar,
+}
+
+impl fmt::Debug for TableSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TableSlot")
+            .field("generation", &self.current().map(|t| t.generation))
+            .finish()
+    }
+}
+
+impl TableSlot {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Publish `tables` (one atomic store) and return the published Arc.
+    pub fn publish(&self, tables: TableSet) -> Arc<TableSet> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = match &*inner {
+            Some((publisher, _)) => {
+                publisher.publish(tables);
+                publisher.current()
+            }
+            None => {
+                let (publisher, reader) = publication(tables);
+                let current = publisher.current();
+                *inner = Some((publisher, reader));
+                current
+            }
+        };
+        drop(inner);
+        self.published.notify_all();
+        current
+    }
+
+    /// The reader, once something was published.
+    pub fn reader(&self) -> Option<TableReader> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, r)| r.clone())
+    }
+
+    /// Wait up to `timeout` for the first publish and return the reader.
+    pub fn wait_reader(&self, timeout: Duration) -> Option<TableReader> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let (inner, _) = self
+            .published
+            .wait_timeout_while(inner, timeout, |i| i.is_none())
+            .unwrap_or_else(PoisonError::into_inner);
+        inner.as_ref().map(|(_, r)| r.clone())
+    }
+
+    /// The currently published generation, if any.
+    pub fn current(&self) -> Option<Arc<TableSet>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(p, _)| p.current())
+    }
+}
+
+/// `/healthz` answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub healthy: bool,
+    /// Time of the last publish (None before the first).
+    pub last_updated: Option<SystemTime>,
+    pub current_time: SystemTime,
+    pub generation: u64,
+}
+
+/// `/readyz` answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Required kinds not synced yet.
+    pub waiting_for: Vec<Kind>,
+    /// False until the first publish.
+    pub published: bool,
+    /// Sources currently reporting a possibly stale view.
+    pub unhealthy_sources: Vec<&'static str>,
+}
+
+#[derive(Debug)]
+struct StatusInner {
+    synced: BTreeSet<Kind>,
+    last_publish: Option<(Instant, SystemTime)>,
+    generation: u64,
+    unhealthy: BTreeSet<&'static str>,
+    last_error: Option<String>,
+}
+
+/// Sync and health status shared by the runner and the admin server.
+#[derive(Debug)]
+pub struct Status {
+    started: Instant,
+    max_interval: Duration,
+    required: BTreeSet<Kind>,
+    inner: Mutex<StatusInner>,
+}
+
+impl Status {
+    /// Status for a runner with `config`.
+    pub fn new(config: &RunnerConfig) -> Self {
+        Status {
+            started: Instant::now(),
+            max_interval: config.max_interval,
+            required: config.required.clone(),
+            inner: Mutex::new(StatusInner {
+                synced: BTreeSet::new(),
+                last_publish: None,
+                generation: 0,
+                unhealthy: BTreeSet::new(),
+                last_error: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// kube-proxy's `/healthz` contract: healthy while the last publish (or,
+    /// before the first, the start) is less than 2 × `max_interval` ago.
+    pub fn health(&self) -> Health {
+        let inner = self.lock();
+        let since = inner.last_publish.map_or(self.started, |(i, _)| i);
+        Health {
+            healthy: since.elapsed() < self.max_interval.saturating_mul(2),
+            last_updated: inner.last_publish.map(|(_, t)| t),
+            current_time: SystemTime::now(),
+            generation: inner.generation,
+        }
+    }
+
+    /// Ready once every required kind synced and tables were published.
+    pub fn readiness(&self) -> Readiness {
+        let inner = self.lock();
+        let waiting_for: Vec<Kind> = self
+            .required
+            .iter()
+            .filter(|k| !inner.synced.contains(k))
+            .copied()
+            .collect();
+        let published = inner.last_publish.is_some();
+        Readiness {
+            ready: waiting_for.is_empty() && published,
+            waiting_for,
+            published,
+            unhealthy_sources: inner.unhealthy.iter().copied().collect(),
+        }
+    }
+
+    /// The last compile error, cleared by the next successful publish.
+    pub fn last_error(&self) -> Option<String> {
+        self.lock().last_error.clone()
+    }
+
+    /// The published generation (0 before the first publish).
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+}
+
+/// Everything the runner shares with the rest of the process.
+pub struct Shared {
+    pub tables: Arc<TableSlot>,
+    pub status: Arc<Status>,
+    pub metrics: Arc<Metrics>,
+    pub hooks: Vec<PublishHook>,
+}
+
+/// The running runner thread.
+#[derive(Debug)]
+pub struct RunnerHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunnerHandle {
+    /// Stop the thread and wait for it (at most one poll interval plus a
+    /// compile in progress).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("sync runner thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for RunnerHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Start the runner thread. It runs until [`RunnerHandle::stop`] or until
+/// every [`crate::source::EventSender`] is dropped.
+pub fn spawn_runner<C, E>(
+    config: RunnerConfig,
+    events: EventReceiver,
+    compile: C,
+    shared: Shared,
+) -> std::io::Result<RunnerHandle>
+where
+    C: FnMut(&CompileInput<'_>) -> Result<TableSet, E> + Send + 'static,
+    E: fmt::Display,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = Runner {
+        config,
+        tracker: ChangeTracker::new(),
+        compile,
+        shared,
+        synced: BTreeSet::new(),
+        unhealthy: BTreeSet::new(),
+        last_sync: None,
+        need_full: true,
+        generation: 0,
+        stop: stop.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("kxdp-sync".into())
+        .spawn(move || runner.run(events))?;
+    Ok(RunnerHandle {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+struct Runner<C> {
+    config: RunnerConfig,
+    tracker: ChangeTracker,
+    compile: C,
+    shared: Shared,
+    synced: BTreeSet<Kind>,
+    unhealthy: BTreeSet<&'static str>,
+    last_sync: Option<Instant>,
+    need_full: bool,
+    generation: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl<C, E> Runner<C>
+where
+    C: FnMut(&CompileInput<'_>) -> Result<TableSet, E>,
+    E: fmt::Display,
+{
+    fn run(mut self, events: EventReceiver) {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let now = Instant::now();
+            let wait = self
+                .next_sync(now)
+                .map_or(POLL, |due| due.saturating_duration_since(now).min(POLL));
+            match events.recv_timeout(wait) {
+                Ok(ev) => {
+                    self.handle(ev);
+                    // Coalesce whatever else is queued.
+                    while let Ok(ev) = events.try_recv() {
+                        self.handle(ev);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let now = Instant::now();
+            if self.next_sync(now).is_some_and(|due| due <= now) {
+                self.sync();
+            }
+        }
+    }
+
+    fn all_synced(&self) -> bool {
+        self.config.required.is_subset(&self.synced)
+    }
+
+    /// When the next sync is due (None: nothing to do).
+    fn next_sync(&self, now: Instant) -> Option<Instant> {
+        if !self.all_synced() {
+            return None;
+        }
+        let Some(last) = self.last_sync else {
+            return Some(now);
+        };
+        let mut due: Option<Instant> = None;
+        if self.tracker.has_changes() {
+            due = Some(last + self.config.min_interval);
+        }
+        if self.unhealthy.is_empty() {
+            let periodic = last + self.config.max_interval;
+            due = Some(due.map_or(periodic, |d| d.min(periodic)));
+        }
+        due
+    }
+
+    fn handle(&mut self, ev: SourceEvent) {
+        match ev {
+            SourceEvent::Apply(obj) => {
+                self.tracker.apply(obj);
+            }
+            SourceEvent::Delete { kind, key } => {
+                self.tracker.delete(kind, &key);
+            }
+            SourceEvent::Relisted { kind, objects } => {
+                let n = self.tracker.replace(kind, objects);
+                tracing::debug!(%kind, changes = n, "relist applied");
+                self.mark_synced([kind]);
+            }
+            SourceEvent::Snapshot(state) => {
+                let n = self.tracker.replace_all(*state);
+                tracing::debug!(changes = n, "snapshot applied");
+                self.mark_synced(Kind::ALL);
+            }
+            SourceEvent::Health { source, healthy } => {
+                let changed = if healthy {
+                    self.unhealthy.remove(source)
+                } else {
+                    self.unhealthy.insert(source)
+                };
+                if changed {
+                    if healthy {
+                        tracing::info!(source, "source healthy again");
+                    } else {
+                        tracing::warn!(source, "source unhealthy: periodic resync paused");
+                    }
+                }
+                self.shared.status.lock().unhealthy = self.unhealthy.clone();
+            }
+        }
+    }
+
+    fn mark_synced(&mut self, kinds: impl IntoIterator<Item = Kind>) {
+        let mut newly = false;
+        for k in kinds {
+            newly |= self.synced.insert(k);
+        }
+        if newly {
+            self.shared.status.lock().synced = self.synced.clone();
+            if self.all_synced() {
+                tracing::info!("every source synced");
+            }
+        }
+    }
+
+    fn sync(&mut self) {
+        let started = Instant::now();
+        let periodic = !self.tracker.has_changes();
+        let changes = self.tracker.take_changes();
+        let full = self.need_full || periodic;
+        let generation = self.generation.saturating_add(1);
+        for kind in Kind::ALL {
+            self.shared.metrics.set_objects(kind, self.tracker.count(kind));
+        }
+        let input = CompileInput {
+            state: self.tracker.state(),
+            changes: &changes,
+            generation,
+            full,
+        };
+        let result = (self.compile)(&input);
+        self.last_sync = Some(started);
+        match result {
+            Ok(tables) => {
+                let tables = self.shared.tables.publish(tables);
+                let took = started.elapsed();
+                let now = SystemTime::now();
+                self.generation = generation;
+                self.need_full = false;
+                let m = &self.shared.metrics;
+                m.observe_sync(full, took);
+                m.set_published(
+                    tables.generation,
+                    now.duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64()),
+                );
+                let now_ts = jiff::Timestamp::now();
+                for t in &changes.trigger_times {
+                    // A trigger time in the future (clock skew) counts as 0.
+                    let latency = now_ts
+                        .duration_since(*t)
+                        .try_into()
+                        .unwrap_or(Duration::ZERO);
+                    m.observe_programming_latency(latency);
+                }
+                {
+                    let mut st = self.shared.status.lock();
+                    st.last_publish = Some((Instant::now(), now));
+                    st.generation = tables.generation;
+                    st.last_error = None;
+                }
+                tracing::debug!(
+                    generation = tables.generation,
+                    full,
+                    changes = changes.len(),
+                    took_ms = took.as_millis() as u64,
+                    "tables published"
+                );
+                let event = PublishEvent {
+                    state: self.tracker.state(),
+                    tables: &tables,
+                    changes: &changes,
+                    full,
+                };
+                for hook in &mut self.shared.hooks {
+                    hook(&event);
+                }
+            }
+            Err(e) => {
+                self.need_full = true;
+                self.shared.metrics.sync_error();
+                let msg = e.to_string();
+                tracing::warn!(error = %msg, "compile failed; previous tables stay published");
+                self.shared.status.lock().last_error = Some(msg);
+            }
+        }
+    }
+}
