@@ -4,6 +4,7 @@
 //! - [`tables`]: the immutable, per-generation lookup tables (read side).
 //! - [`conntrack`]: the shared, bounded connection tracker.
 //! - [`pipeline`]: the per-packet stages; one function shows their order.
+//! - [`io`]: ports (AF_XDP on a shared UMEM, in-memory for tests).
 //! - [`drop_reason`]: stable drop codes shared by counters, traces and tools.
 //!
 //! Nothing here reads the clock or touches a socket except [`io`]: the
@@ -11,6 +12,7 @@
 
 pub mod conntrack;
 pub mod drop_reason;
+pub mod io;
 pub mod pipeline;
 pub mod tables;
 pub mod wire;

@@ -50,7 +50,7 @@
 //!  w0 orig src|dst     w1 orig ports|proto       w0 reply src|dst
 //!  w2 reply src|dst    w3 reply ports|proto      w1 reply ports|proto
 //!  w4 service_port|policy_generation             w2 original slot | its generation
-//!  w5 meta flags | reply slot index
+//!  w5 meta flags | reply slot index              w3 orig src|dst  w4 orig ports|proto
 //!  w6 last seen (ns)        } updated in place,
 //!  w7 generation | state bits } one atomic word each
 //! ```

@@ -17,8 +17,12 @@ const W_META: usize = 4;
 const W_FLAGS_PARTNER: usize = 5;
 const W_LAST_SEEN: usize = 6;
 const W_STATE: usize = 7;
-// Word index of a reply slot's pointer to its original slot.
+// Word indices of a reply slot: pointer to its original slot, and a copy
+// of the original tuple (so that a racing commit of the same connection can
+// be recognized from the reply slot alone).
 const W_ORIGIN: usize = 2;
+const W_ORIGINAL0: usize = 3;
+const W_ORIGINAL1: usize = 4;
 
 // Slot kinds.
 const KIND_ORIG: u8 = 0;
@@ -181,6 +185,14 @@ impl Conntrack {
         }
         if let Some(found) = self.find(&reply) {
             if !self.is_expired(&found.entry, now_ns) {
+                if found.entry.original == original {
+                    // Committed by another worker since our first look.
+                    let own = Found {
+                        direction: Direction::Original,
+                        ..found
+                    };
+                    return Err(CommitError::Exists(self.touch(&own, now_ns, tcp_flags)));
+                }
                 return Err(CommitError::ReplyTupleInUse);
             }
             self.remove_found(&found, Some(now_ns));
@@ -326,7 +338,9 @@ impl Conntrack {
         let ok = snap.ctrl.kind() == KIND_ORIG
             && snap.ctrl.generation() == generation
             && snap.words[W_REPLY0] == words[0]
-            && snap.words[W_REPLY1] == words[1];
+            && snap.words[W_REPLY1] == words[1]
+            && snap.words[0] == reply.words[W_ORIGINAL0]
+            && snap.words[1] == reply.words[W_ORIGINAL1];
         ok.then(|| Found {
             orig_slot,
             ctrl: snap.ctrl,
@@ -459,8 +473,8 @@ impl Conntrack {
                 rkey[0],
                 rkey[1],
                 origin_word(oslot, generation),
-                0,
-                0,
+                okey[0],
+                okey[1],
                 0,
                 0,
                 0,
@@ -485,7 +499,7 @@ impl Conntrack {
             // The reply tuple may be taken by a concurrent commit of this
             // very connection: that is a lost race on the original tuple,
             // not a reason to pick another masquerade port.
-            (_, Rival::Found(r)) if self.rival_commits(&r, okey) => {
+            (_, Rival::Found(r)) if Self::rival_commits(&r, okey) => {
                 Some(InsertError::OriginalTaken)
             }
             (_, Rival::Found(_)) => Some(InsertError::ReplyTaken),
@@ -510,19 +524,10 @@ impl Conntrack {
 
     /// True when `reply`, a slot holding our reply tuple, is the reply slot
     /// of a connection (pending or live) whose original tuple is `okey`.
-    fn rival_commits(&self, reply: &Snapshot<W>, okey: [u64; 2]) -> bool {
-        if reply.ctrl.kind() != KIND_REPLY {
-            return false;
-        }
-        let origin = reply.words[W_ORIGIN];
-        self.slots
-            .read_settled((origin >> 32) as usize)
-            .is_some_and(|o| {
-                o.ctrl.kind() == KIND_ORIG
-                    && o.ctrl.generation() == origin as u32
-                    && o.words[0] == okey[0]
-                    && o.words[1] == okey[1]
-            })
+    fn rival_commits(reply: &Snapshot<W>, okey: [u64; 2]) -> bool {
+        reply.ctrl.kind() == KIND_REPLY
+            && reply.words[W_ORIGINAL0] == okey[0]
+            && reply.words[W_ORIGINAL1] == okey[1]
     }
 
     /// The home slot of a tuple (tests aim tuples at one probe window).

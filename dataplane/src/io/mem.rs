@@ -23,7 +23,9 @@ pub struct MemBuf {
 impl MemBuf {
     /// The packet bytes.
     pub fn packet(&self) -> &[u8] {
-        self.data.get(self.offset..self.offset + self.len).unwrap_or(&[])
+        self.data
+            .get(self.offset..self.offset + self.len)
+            .unwrap_or(&[])
     }
 }
 
@@ -54,7 +56,9 @@ impl MemStore {
     /// A store of `frames` buffers, allocated up front.
     pub fn new(frames: usize) -> Self {
         MemStore {
-            free: (0..frames).map(|_| vec![0u8; Frame::MIN_CAPACITY]).collect(),
+            free: (0..frames)
+                .map(|_| vec![0u8; Frame::MIN_CAPACITY])
+                .collect(),
             total: frames,
         }
     }
@@ -165,7 +169,9 @@ impl Port for MemPort {
                 self.stats.fill_ring_empty += 1;
                 break;
             };
-            let Some(pkt) = self.rx.pop_front() else { break };
+            let Some(pkt) = self.rx.pop_front() else {
+                break;
+            };
             let end = Frame::HEADROOM + pkt.len();
             if let Some(dst) = buf.data.get_mut(Frame::HEADROOM..end) {
                 dst.copy_from_slice(&pkt);

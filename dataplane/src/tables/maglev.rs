@@ -139,9 +139,14 @@ pub fn build_table(backends: &[Backend]) -> Box<[u32]> {
     if n == 0 || m < 2 {
         return Box::new([]);
     }
-    let m64 = m as u64;
-    // Per backend: its next candidate slot and its skip.
-    let mut cursor: Vec<(u64, u64)> = backends.iter().map(|b| permutation(b, m64)).collect();
+    // Per backend: its next candidate slot and its skip, both < m.
+    let mut cursor: Vec<(usize, usize)> = backends
+        .iter()
+        .map(|b| {
+            let (offset, skip) = permutation(b, m as u64);
+            (offset as usize, skip as usize)
+        })
+        .collect();
     const EMPTY: u32 = u32::MAX;
     let mut table = vec![EMPTY; m];
     let mut filled = 0usize;
@@ -152,8 +157,12 @@ pub fn build_table(backends: &[Backend]) -> Box<[u32]> {
             // Terminates: the permutation visits every slot, and at least
             // one is free while `filled < m`.
             loop {
-                let slot = *next as usize;
-                *next = (*next + *skip) % m64;
+                let slot = *next;
+                // (next + skip) mod m without a division: both are < m.
+                *next += *skip;
+                if *next >= m {
+                    *next -= m;
+                }
                 if let Some(entry) = table.get_mut(slot) {
                     if *entry == EMPTY {
                         *entry = i as u32;

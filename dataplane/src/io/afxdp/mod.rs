@@ -261,6 +261,10 @@ impl XskStore {
     ///
     /// The caller must own the frame (it is in no ring and no other
     /// reference to its bytes exists) for as long as the slice lives.
+    #[expect(
+        clippy::mut_from_ref,
+        reason = "UMEM memory is shared with the kernel, not owned by the store; exclusivity comes from the frame token"
+    )]
     unsafe fn chunk<'a>(&'a self, desc: &FrameDesc) -> Option<&'a mut [u8]> {
         let start = desc.addr() & !(FRAME_SIZE - 1);
         if start.checked_add(FRAME_SIZE)? > self.len {
@@ -284,12 +288,16 @@ impl XskStore {
 
     /// Makes `buf`'s descriptor describe its packet for transmission:
     /// moves the packet back to the descriptor's address if the pipeline
-    /// moved it, and sets the length. `None` if it cannot be sent.
+    /// moved it, and sets the length. `Err` (with the descriptor, to go
+    /// back to the pool) if it cannot be sent.
     fn prepare_tx(&self, mut buf: XskBuf, realigned: &mut u64) -> Result<FrameDesc, FrameDesc> {
         let desc_off = buf.desc.addr() & (FRAME_SIZE - 1);
         if buf.store != self.id
             || desc_off.checked_add(buf.len).is_none_or(|e| e > FRAME_SIZE)
-            || buf.offset.checked_add(buf.len).is_none_or(|e| e > FRAME_SIZE)
+            || buf
+                .offset
+                .checked_add(buf.len)
+                .is_none_or(|e| e > FRAME_SIZE)
         {
             return Err(buf.desc);
         }
@@ -514,7 +522,10 @@ impl AfXdpPort {
         })?;
         let zero_copy = xdp_zero_copy(rx.fd().as_raw_fd());
         let limits = CoreLimits {
-            fill_target: cfg.limits.fill_target.min(store.umem_config.fill_queue_size().get()),
+            fill_target: cfg
+                .limits
+                .fill_target
+                .min(store.umem_config.fill_queue_size().get()),
             ..cfg.limits
         };
         let mut port = AfXdpPort {

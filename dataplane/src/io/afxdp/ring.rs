@@ -362,7 +362,9 @@ mod tests {
         fn arrive(&mut self, n: usize) -> usize {
             let mut done = 0;
             while done < n && self.rx.len() < self.ring_size {
-                let Some(d) = self.fill.pop_front() else { break };
+                let Some(d) = self.fill.pop_front() else {
+                    break;
+                };
                 self.rx.push_back(d);
                 done += 1;
             }

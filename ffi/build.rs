@@ -1,0 +1,53 @@
+//! Compiles the XDP steering program (`bpf/steer.c`) with clang for the
+//! `bpf` target. The object is embedded into the crate with
+//! `include_bytes!`; no prebuilt object is committed.
+//!
+//! Needs clang (with the BPF backend) and the libbpf headers
+//! (`bpf/bpf_helpers.h`): Debian packages `clang`, `llvm`, `libbpf-dev`,
+//! `libelf-dev`, `zlib1g-dev`, `linux-libc-dev`. Set `CLANG` to use
+//! another compiler binary.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SOURCE: &str = "bpf/steer.c";
+
+fn main() {
+    println!("cargo:rerun-if-changed={SOURCE}");
+    println!("cargo:rerun-if-env-changed=CLANG");
+
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let object = out_dir.join("steer.bpf.o");
+    let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
+
+    let mut cmd = Command::new(&clang);
+    cmd.args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"]);
+    // <linux/types.h> includes <asm/types.h>, which Debian keeps under the
+    // host's multiarch directory.
+    if let Some(dir) = multiarch_include() {
+        cmd.arg(format!("-I{}", dir.display()));
+    }
+    cmd.arg("-c").arg(SOURCE).arg("-o").arg(&object);
+
+    let status = match cmd.status() {
+        Ok(status) => status,
+        Err(err) => {
+            // A build script reports failure by panicking; say exactly what is missing.
+            panic!(
+                "kxdp-ffi: cannot run `{clang}` to compile the XDP program {SOURCE}: {err}. \
+                 Install clang and libbpf-dev (Debian: apt-get install clang llvm libbpf-dev \
+                 libelf-dev zlib1g-dev) or point CLANG at a clang with the BPF target."
+            );
+        }
+    };
+    if !status.success() {
+        panic!("kxdp-ffi: `{clang}` failed to compile {SOURCE} for the bpf target ({status})");
+    }
+}
+
+fn multiarch_include() -> Option<PathBuf> {
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").ok()?;
+    let dir = Path::new("/usr/include").join(format!("{arch}-linux-gnu"));
+    dir.join("asm").is_dir().then_some(dir)
+}

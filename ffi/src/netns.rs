@@ -1,0 +1,26 @@
+//! Entering a network namespace from the calling thread (`setns(2)`).
+//!
+//! Only the calling thread moves: spawn a dedicated thread, enter the
+//! namespace there, and do the namespace's work (sockets, netlink, XDP
+//! attach) on that thread. Used by the tests' topology helper, the
+//! benchmark and `kxdp demo`.
+
+#![expect(unsafe_code, reason = "setns(2) through libc")]
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Moves the calling thread into the network namespace at `path`
+/// (e.g. `/run/netns/NAME`, `/proc/PID/ns/net`).
+pub fn enter_net_namespace(path: &Path) -> io::Result<()> {
+    let file = File::open(path)?;
+    // SAFETY: `file` is an open namespace file descriptor for the duration
+    // of the call; setns only changes the calling thread's namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,849 @@
+//! Loader for the XDP steering program (`ffi/bpf/steer.c`).
+//!
+//! The program decides per packet whether a frame is kxdp's (redirect to
+//! the worker's AF_XDP socket) or the node's (`XDP_PASS`):
+//!
+//! - [`Role::Pod`] (host side of a pod veth): everything goes to kxdp.
+//! - [`Role::Uplink`]: VXLAN to the configured UDP port, Service frontends
+//!   `(ip, port, proto)`, NodePorts `(port, proto)`, local pod IPs and
+//!   masquerade reply ports (TCP/UDP ports and ICMP echo identifiers in
+//!   the configured range, to the masquerade address) go to kxdp; the rest
+//!   passes to the kernel, so ssh and kubelet keep working.
+//!
+//! # Fail closed
+//!
+//! Every redirect uses `bpf_redirect_map(&xsks, slot, XDP_DROP)`: when no
+//! socket sits in the slot, owned traffic is dropped, never handed to the
+//! kernel where NetworkPolicy does not apply. Two kernel facts make this
+//! hold when kxdp is down:
+//!
+//! 1. The program is attached through netlink (`bpf_xdp_attach`), not a
+//!    BPF link, so it stays attached after the process exits or crashes.
+//! 2. Closing an AF_XDP socket removes it from every XSKMAP, so a dead
+//!    kxdp leaves empty slots.
+//!
+//! So a crashed kxdp fails closed for pods and open for the node. A
+//! *clean* shutdown ([`SteeringProgram`]'s `Drop`, or
+//! [`SteeringProgram::detach`]) removes the program, restoring the
+//! kernel's plain forwarding; a daemon that wants pods to stay isolated
+//! across a restart calls [`SteeringProgram::leave_attached`] before
+//! exiting.
+//!
+//! # Slots
+//!
+//! One XSKMAP serves all interfaces. [`SteeringProgram::attach`] gives an
+//! interface `queues` consecutive slots starting at a base stored in the
+//! `xsk_base` map (ifindex -> base); a packet uses `base + rx_queue_index`.
+//!
+//! # Safety rails
+//!
+//! [`SteeringProgram::attach`] takes an [`Interface`] the caller resolved
+//! by name in the current network namespace, re-checks the name/index
+//! pair, refuses the loopback device and never replaces a program it did
+//! not load (`XDP_FLAGS_UPDATE_IF_NOEXIST`). `Drop` only detaches a
+//! program that is still the one this loader attached.
+//!
+//! Everything here acts on the calling thread's network namespace
+//! (netlink and `if_nametoindex` are per namespace).
+
+#![expect(
+    unsafe_code,
+    reason = "if_nametoindex/if_indextoname and statfs through libc"
+)]
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle, Object, ObjectBuilder, Xdp, XdpFlags};
+
+/// The compiled steering program (built by `build.rs`).
+pub static STEER_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer.bpf.o"));
+
+/// Size of the XSKMAP (`KXDP_XSK_SLOTS` in steer.c).
+pub const XSK_SLOTS: u32 = 4096;
+
+/// Default Flannel VXLAN port.
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+
+/// `BPF_FS_MAGIC` from `<linux/magic.h>`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Errors of the XDP loader.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error("interface {name:?} not found in this network namespace")]
+    NoSuchInterface { name: String },
+    #[error("interface {name:?} is ifindex {actual}, not {expected} as given")]
+    InterfaceMismatch {
+        name: String,
+        expected: u32,
+        actual: u32,
+    },
+    #[error("refusing to attach to {name:?}: {why}")]
+    Refused { name: String, why: &'static str },
+    #[error("interface ifindex {ifindex} is not attached by this loader")]
+    NotAttached { ifindex: u32 },
+    #[error("interface ifindex {ifindex} is already attached by this loader")]
+    AlreadyAttached { ifindex: u32 },
+    #[error("queue {queue} out of range for ifindex {ifindex} ({queues} queues)")]
+    QueueOutOfRange {
+        ifindex: u32,
+        queue: u32,
+        queues: u32,
+    },
+    #[error("no free XSKMAP slots for {queues} queues")]
+    SlotsExhausted { queues: u32 },
+    #[error("{path:?} is not a bpffs mount (mount -t bpf bpf /sys/fs/bpf)")]
+    NotBpffs { path: PathBuf },
+    #[error("program or map {name:?} missing from the steering object")]
+    MissingObject { name: &'static str },
+    #[error("{what}: {source}")]
+    Bpf {
+        what: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, XdpError>;
+
+fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
+    let what = what.into();
+    move |source| XdpError::Bpf { what, source }
+}
+
+/// A network interface named and resolved by the caller in the current
+/// network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub ifindex: u32,
+}
+
+impl Interface {
+    /// Resolves `name` in the calling thread's network namespace.
+    pub fn lookup(name: &str) -> Result<Self> {
+        let ifindex = if_nametoindex(name).ok_or_else(|| XdpError::NoSuchInterface {
+            name: name.to_owned(),
+        })?;
+        Ok(Interface {
+            name: name.to_owned(),
+            ifindex,
+        })
+    }
+
+    /// Number of rx queues the kernel reports for this interface, read
+    /// through `ETHTOOL_GCHANNELS`; 1 when the driver does not say (veth
+    /// without extra queues).
+    pub fn rx_queues(&self) -> u32 {
+        ethtool_rx_queues(&self.name).unwrap_or(1).max(1)
+    }
+}
+
+fn if_nametoindex(name: &str) -> Option<u32> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
+    let idx = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+fn ethtool_rx_queues(name: &str) -> Option<u32> {
+    #[repr(C)]
+    struct Channels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx_count: u32,
+        tx_count: u32,
+        other_count: u32,
+        combined_count: u32,
+    }
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    let bytes = name.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let mut ch = Channels {
+        cmd: ETHTOOL_GCHANNELS,
+        max_rx: 0,
+        max_tx: 0,
+        max_other: 0,
+        max_combined: 0,
+        rx_count: 0,
+        tx_count: 0,
+        other_count: 0,
+        combined_count: 0,
+    };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut ch as *mut Channels).cast();
+    // SAFETY: plain socket(2) call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `ifr` names the interface and points at `ch`, which lives
+    // across the call and has the layout of `struct ethtool_channels`.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
+    // SAFETY: `fd` is the socket opened above, closed exactly once.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    let n = ch.rx_count.max(ch.combined_count);
+    (n > 0).then_some(n)
+}
+
+/// What the program does on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The node's uplink: steer what kxdp owns, pass the rest.
+    Uplink,
+    /// The host side of a pod veth: steer everything.
+    Pod,
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Driver (native) mode; veth supports it.
+    Native,
+    /// Generic (SKB) mode: works on any device, slower.
+    Generic,
+}
+
+impl AttachMode {
+    fn flags(self) -> XdpFlags {
+        match self {
+            AttachMode::Native => XdpFlags::DRV_MODE,
+            AttachMode::Generic => XdpFlags::SKB_MODE,
+        }
+    }
+}
+
+/// Uplink steering configuration (`struct kxdp_config` in steer.c).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UplinkConfig {
+    /// UDP destination port of VXLAN; 0 disables VXLAN steering.
+    pub vxlan_port: u16,
+    /// Masquerade source address; replies to it in `masq_ports` are kxdp's.
+    pub masq_ip: Option<Ipv4Addr>,
+    /// Inclusive port (and ICMP echo id) range used for masquerading.
+    /// Must not overlap the node's ephemeral port range.
+    pub masq_ports: (u16, u16),
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig {
+            vxlan_port: DEFAULT_VXLAN_PORT,
+            masq_ip: None,
+            masq_ports: (0, 0),
+        }
+    }
+}
+
+impl UplinkConfig {
+    fn to_bytes(self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        let ip = self.masq_ip.map_or([0; 4], |ip| ip.octets());
+        b[0..4].copy_from_slice(&ip);
+        b[4..6].copy_from_slice(&self.vxlan_port.to_ne_bytes());
+        b[6..8].copy_from_slice(&self.masq_ports.0.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.masq_ports.1.to_ne_bytes());
+        b
+    }
+}
+
+/// IP protocol numbers the steering maps accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp = 6,
+    Udp = 17,
+    Sctp = 132,
+}
+
+/// Counters of the steering program, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerStats {
+    pub pod_redirect: u64,
+    pub pod_drop_no_socket: u64,
+    pub uplink_redirect: u64,
+    pub uplink_drop_no_socket: u64,
+    pub uplink_pass: u64,
+}
+
+/// Options for [`SteeringProgram::load`].
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Pin programs and maps under this directory (inside a bpffs mount,
+    /// e.g. `/sys/fs/bpf/kxdp-<node>`). Created by `load`, removed on
+    /// `Drop`. `None`: nothing pinned.
+    pub pin_dir: Option<PathBuf>,
+}
+
+struct Attached {
+    name: String,
+    role: Role,
+    mode: AttachMode,
+    base: u32,
+    queues: u32,
+}
+
+/// The loaded steering program, its maps and the interfaces it is
+/// attached to. Detaches and unpins on `Drop`.
+pub struct SteeringProgram {
+    object: Object,
+    prog_pod: OwnedFd,
+    prog_uplink: OwnedFd,
+    xsks: MapHandle,
+    xsk_base: MapHandle,
+    config: MapHandle,
+    frontends: MapHandle,
+    node_ports: MapHandle,
+    pod_ips: MapHandle,
+    stats: MapHandle,
+    pin_dir: Option<PathBuf>,
+    pinned: Vec<PathBuf>,
+    attached: BTreeMap<u32, Attached>,
+    slots: SlotAllocator,
+    keep_attached: bool,
+}
+
+impl std::fmt::Debug for SteeringProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SteeringProgram")
+            .field("pin_dir", &self.pin_dir)
+            .field("attached", &self.attached.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+const PROG_POD: &str = "steer_pod";
+const PROG_UPLINK: &str = "steer_uplink";
+
+impl SteeringProgram {
+    /// Loads the program into the kernel (nothing is attached yet) and
+    /// writes the default [`UplinkConfig`].
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let open = ObjectBuilder::default()
+            .open_memory(STEER_OBJECT)
+            .map_err(bpf_err("open steering object"))?;
+        let object = open.load().map_err(bpf_err("load steering object"))?;
+
+        let map = |name: &'static str| -> Result<MapHandle> {
+            let m = object
+                .maps()
+                .find(|m| m.name() == name)
+                .ok_or(XdpError::MissingObject { name })?;
+            MapHandle::try_from(&m).map_err(bpf_err(format!("dup map {name}")))
+        };
+        let prog_fd = |name: &'static str| -> Result<OwnedFd> {
+            let p = object
+                .progs()
+                .find(|p| p.name() == name)
+                .ok_or(XdpError::MissingObject { name })?;
+            p.as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| XdpError::Io {
+                    what: format!("dup program fd of {name}"),
+                    source,
+                })
+        };
+        let mut prog = SteeringProgram {
+            prog_pod: prog_fd(PROG_POD)?,
+            prog_uplink: prog_fd(PROG_UPLINK)?,
+            xsks: map("xsks")?,
+            xsk_base: map("xsk_base")?,
+            config: map("config")?,
+            frontends: map("frontends")?,
+            node_ports: map("node_ports")?,
+            pod_ips: map("pod_ips")?,
+            stats: map("stats")?,
+            object,
+            pin_dir: None,
+            pinned: Vec::new(),
+            attached: BTreeMap::new(),
+            slots: SlotAllocator::new(XSK_SLOTS),
+            keep_attached: false,
+        };
+        prog.set_uplink_config(&UplinkConfig::default())?;
+        if let Some(dir) = &opts.pin_dir {
+            prog.pin_all(dir)?;
+        }
+        Ok(prog)
+    }
+
+    fn prog_fd(&self, name: &'static str) -> Result<BorrowedFd<'_>> {
+        match name {
+            PROG_POD => Ok(self.prog_pod.as_fd()),
+            PROG_UPLINK => Ok(self.prog_uplink.as_fd()),
+            _ => Err(XdpError::MissingObject { name }),
+        }
+    }
+
+    fn prog_id(&self, name: &'static str) -> Result<u32> {
+        let fd = self.prog_fd(name)?;
+        libbpf_rs::Program::id_from_fd(fd).map_err(bpf_err(format!("id of {name}")))
+    }
+
+    fn pin_all(&mut self, dir: &Path) -> Result<()> {
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        if !is_bpffs(parent) {
+            return Err(XdpError::NotBpffs {
+                path: parent.to_owned(),
+            });
+        }
+        std::fs::create_dir(dir).map_err(|source| XdpError::Io {
+            what: format!("create pin directory {}", dir.display()),
+            source,
+        })?;
+        self.pin_dir = Some(dir.to_owned());
+        let maps: [(&str, &mut MapHandle); 7] = [
+            ("xsks", &mut self.xsks),
+            ("xsk_base", &mut self.xsk_base),
+            ("config", &mut self.config),
+            ("frontends", &mut self.frontends),
+            ("node_ports", &mut self.node_ports),
+            ("pod_ips", &mut self.pod_ips),
+            ("stats", &mut self.stats),
+        ];
+        for (name, m) in maps {
+            let path = dir.join(name);
+            m.pin(&path)
+                .map_err(bpf_err(format!("pin {}", path.display())))?;
+            self.pinned.push(path);
+        }
+        for p in self.object.progs_mut() {
+            let path = dir.join(p.name());
+            let mut p = p;
+            p.pin(&path)
+                .map_err(bpf_err(format!("pin {}", path.display())))?;
+            self.pinned.push(path);
+        }
+        Ok(())
+    }
+
+    /// Attaches the program for `role` to `iface` with `queues` XSKMAP
+    /// slots (one per rx queue to be served).
+    pub fn attach(
+        &mut self,
+        iface: &Interface,
+        role: Role,
+        mode: AttachMode,
+        queues: u32,
+    ) -> Result<()> {
+        if iface.ifindex == 0 || iface.name == "lo" {
+            return Err(XdpError::Refused {
+                name: iface.name.clone(),
+                why: "loopback or ifindex 0",
+            });
+        }
+        let actual = if_nametoindex(&iface.name).ok_or_else(|| XdpError::NoSuchInterface {
+            name: iface.name.clone(),
+        })?;
+        if actual != iface.ifindex {
+            return Err(XdpError::InterfaceMismatch {
+                name: iface.name.clone(),
+                expected: iface.ifindex,
+                actual,
+            });
+        }
+        if self.attached.contains_key(&iface.ifindex) {
+            return Err(XdpError::AlreadyAttached {
+                ifindex: iface.ifindex,
+            });
+        }
+        let queues = queues.max(1);
+        let base = self.alloc_slots(queues)?;
+        if let Err(e) = self.attach_inner(iface, role, mode, base) {
+            self.free_slot_range(base, queues);
+            return Err(e);
+        }
+        self.attached.insert(
+            iface.ifindex,
+            Attached {
+                name: iface.name.clone(),
+                role,
+                mode,
+                base,
+                queues,
+            },
+        );
+        Ok(())
+    }
+
+    fn attach_inner(
+        &self,
+        iface: &Interface,
+        role: Role,
+        mode: AttachMode,
+        base: u32,
+    ) -> Result<()> {
+        // The base goes in before the program can see a packet, so the
+        // first packets find their slot (empty: dropped, fail closed).
+        self.xsk_base
+            .update(
+                &iface.ifindex.to_ne_bytes(),
+                &base.to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .map_err(bpf_err("set xsk_base"))?;
+        let name = match role {
+            Role::Pod => PROG_POD,
+            Role::Uplink => PROG_UPLINK,
+        };
+        let fd = self.prog_fd(name)?;
+        let res = Xdp::new(fd)
+            .attach(
+                iface.ifindex as i32,
+                mode.flags() | XdpFlags::UPDATE_IF_NOEXIST,
+            )
+            .map_err(bpf_err(format!("attach {name} to {}", iface.name)));
+        if res.is_err() {
+            let _ = self.xsk_base.delete(&iface.ifindex.to_ne_bytes());
+        }
+        res
+    }
+
+    /// Detaches from `ifindex` (only if our program is still the one
+    /// attached) and clears its slots.
+    pub fn detach(&mut self, ifindex: u32) -> Result<()> {
+        let a = self
+            .attached
+            .remove(&ifindex)
+            .ok_or(XdpError::NotAttached { ifindex })?;
+        let res = self.detach_inner(ifindex, &a);
+        self.free_slot_range(a.base, a.queues);
+        res
+    }
+
+    fn detach_inner(&self, ifindex: u32, a: &Attached) -> Result<()> {
+        let name = match a.role {
+            Role::Pod => PROG_POD,
+            Role::Uplink => PROG_UPLINK,
+        };
+        let ours = self.prog_id(name)?;
+        let fd = self.prog_fd(name)?;
+        let xdp = Xdp::new(fd);
+        // The interface may be gone already (pod deleted): nothing to do.
+        // Also never detach a program someone else put there since.
+        let still_ours = if_nametoindex(&a.name) == Some(ifindex)
+            && xdp.query_id(ifindex as i32, a.mode.flags()).ok() == Some(ours);
+        if still_ours {
+            xdp.detach(ifindex as i32, a.mode.flags())
+                .map_err(bpf_err(format!("detach from {}", a.name)))?;
+        }
+        for q in 0..a.queues {
+            // Absent entries are fine.
+            let _ = self.xsks.delete(&(a.base + q).to_ne_bytes());
+        }
+        let _ = self.xsk_base.delete(&ifindex.to_ne_bytes());
+        Ok(())
+    }
+
+    /// Puts an AF_XDP socket (bound to `(ifindex, queue)`) in its slot.
+    pub fn register_socket(&self, ifindex: u32, queue: u32, xsk_fd: BorrowedFd<'_>) -> Result<()> {
+        let slot = self.slot(ifindex, queue)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&xsk_fd) as u32;
+        self.xsks
+            .update(&slot.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(bpf_err(format!("register socket in slot {slot}")))
+    }
+
+    /// Empties the slot of `(ifindex, queue)`: its traffic is dropped.
+    pub fn unregister_socket(&self, ifindex: u32, queue: u32) -> Result<()> {
+        let slot = self.slot(ifindex, queue)?;
+        match self.xsks.delete(&slot.to_ne_bytes()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(bpf_err(format!("unregister slot {slot}"))(e)),
+        }
+    }
+
+    fn slot(&self, ifindex: u32, queue: u32) -> Result<u32> {
+        let a = self
+            .attached
+            .get(&ifindex)
+            .ok_or(XdpError::NotAttached { ifindex })?;
+        if queue >= a.queues {
+            return Err(XdpError::QueueOutOfRange {
+                ifindex,
+                queue,
+                queues: a.queues,
+            });
+        }
+        Ok(a.base + queue)
+    }
+
+    /// Writes the uplink configuration.
+    pub fn set_uplink_config(&self, cfg: &UplinkConfig) -> Result<()> {
+        self.config
+            .update(&0u32.to_ne_bytes(), &cfg.to_bytes(), MapFlags::ANY)
+            .map_err(bpf_err("write config"))
+    }
+
+    fn frontend_key(ip: Ipv4Addr, port: u16, proto: Proto) -> [u8; 8] {
+        let mut k = [0u8; 8];
+        k[0..4].copy_from_slice(&ip.octets());
+        k[4..6].copy_from_slice(&port.to_ne_bytes());
+        k[6] = proto as u8;
+        k
+    }
+
+    fn node_port_key(port: u16, proto: Proto) -> [u8; 4] {
+        let mut k = [0u8; 4];
+        k[0..2].copy_from_slice(&port.to_ne_bytes());
+        k[2] = proto as u8;
+        k
+    }
+
+    /// Steers `(ip, port, proto)` (a ClusterIP, external or LB IP frontend).
+    pub fn add_frontend(&self, ip: Ipv4Addr, port: u16, proto: Proto) -> Result<()> {
+        self.frontends
+            .update(&Self::frontend_key(ip, port, proto), &[1], MapFlags::ANY)
+            .map_err(bpf_err(format!("add frontend {ip}:{port}")))
+    }
+
+    /// Stops steering `(ip, port, proto)`.
+    pub fn remove_frontend(&self, ip: Ipv4Addr, port: u16, proto: Proto) -> Result<()> {
+        delete_ok_absent(&self.frontends, &Self::frontend_key(ip, port, proto))
+            .map_err(bpf_err(format!("remove frontend {ip}:{port}")))
+    }
+
+    /// Steers NodePort `(port, proto)` on any node address.
+    pub fn add_node_port(&self, port: u16, proto: Proto) -> Result<()> {
+        self.node_ports
+            .update(&Self::node_port_key(port, proto), &[1], MapFlags::ANY)
+            .map_err(bpf_err(format!("add node port {port}")))
+    }
+
+    /// Stops steering NodePort `(port, proto)`.
+    pub fn remove_node_port(&self, port: u16, proto: Proto) -> Result<()> {
+        delete_ok_absent(&self.node_ports, &Self::node_port_key(port, proto))
+            .map_err(bpf_err(format!("remove node port {port}")))
+    }
+
+    /// Steers everything addressed to local pod `ip` arriving on the uplink.
+    pub fn add_pod_ip(&self, ip: Ipv4Addr) -> Result<()> {
+        self.pod_ips
+            .update(&ip.octets(), &[1], MapFlags::ANY)
+            .map_err(bpf_err(format!("add pod ip {ip}")))
+    }
+
+    /// Stops steering pod `ip`.
+    pub fn remove_pod_ip(&self, ip: Ipv4Addr) -> Result<()> {
+        delete_ok_absent(&self.pod_ips, &ip.octets())
+            .map_err(bpf_err(format!("remove pod ip {ip}")))
+    }
+
+    /// The program's counters, summed over CPUs.
+    pub fn stats(&self) -> Result<SteerStats> {
+        let mut vals = [0u64; 5];
+        for (slot, v) in vals.iter_mut().enumerate() {
+            let per_cpu = self
+                .stats
+                .lookup_percpu(&(slot as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(bpf_err("read stats"))?
+                .unwrap_or_default();
+            *v = per_cpu
+                .iter()
+                .filter_map(|b| b.get(..8).and_then(|b| b.try_into().ok()))
+                .map(u64::from_ne_bytes)
+                .sum();
+        }
+        let [pod_redirect, pod_drop_no_socket, uplink_redirect, uplink_drop_no_socket, uplink_pass] =
+            vals;
+        Ok(SteerStats {
+            pod_redirect,
+            pod_drop_no_socket,
+            uplink_redirect,
+            uplink_drop_no_socket,
+            uplink_pass,
+        })
+    }
+
+    /// Ifindexes this loader attached to.
+    pub fn attached(&self) -> impl Iterator<Item = u32> + '_ {
+        self.attached.keys().copied()
+    }
+
+    /// On `Drop`, leave the programs attached (and pins in place) so pods
+    /// stay fail-closed while kxdp is not running.
+    pub fn leave_attached(&mut self) {
+        self.keep_attached = true;
+    }
+
+    fn alloc_slots(&mut self, n: u32) -> Result<u32> {
+        self.slots
+            .alloc(n)
+            .ok_or(XdpError::SlotsExhausted { queues: n })
+    }
+
+    fn free_slot_range(&mut self, start: u32, n: u32) {
+        self.slots.free(start, n);
+    }
+}
+
+/// First-fit allocator of XSKMAP slot ranges.
+#[derive(Debug)]
+struct SlotAllocator {
+    /// Free ranges `(start, len)`, sorted by start, never adjacent.
+    free: Vec<(u32, u32)>,
+}
+
+impl SlotAllocator {
+    fn new(total: u32) -> Self {
+        SlotAllocator {
+            free: vec![(0, total)],
+        }
+    }
+
+    fn alloc(&mut self, n: u32) -> Option<u32> {
+        let pos = self.free.iter().position(|&(_, len)| len >= n)?;
+        let (start, len) = *self.free.get(pos)?;
+        if len == n {
+            self.free.remove(pos);
+        } else if let Some(e) = self.free.get_mut(pos) {
+            *e = (start + n, len - n);
+        }
+        Some(start)
+    }
+
+    fn free(&mut self, start: u32, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let pos = self.free.partition_point(|&(s, _)| s < start);
+        self.free.insert(pos, (start, n));
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(self.free.len());
+        for &(s, l) in &self.free {
+            match merged.last_mut() {
+                Some((ps, pl)) if *ps + *pl == s => *pl += l,
+                _ => merged.push((s, l)),
+            }
+        }
+        self.free = merged;
+    }
+}
+
+fn delete_ok_absent(map: &MapHandle, key: &[u8]) -> std::result::Result<(), libbpf_rs::Error> {
+    match map.delete(key) {
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs is plain old data; all-zero is valid.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a valid out pointer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+impl Drop for SteeringProgram {
+    fn drop(&mut self) {
+        if self.keep_attached {
+            return;
+        }
+        let ifindexes: Vec<u32> = self.attached.keys().copied().collect();
+        for ifindex in ifindexes {
+            // Best effort: an interface deleted meanwhile has no program.
+            let _ = self.detach(ifindex);
+        }
+        for path in self.pinned.drain(..) {
+            let _ = std::fs::remove_file(&path);
+        }
+        if let Some(dir) = self.pin_dir.take() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_layout_matches_c_struct() {
+        let cfg = UplinkConfig {
+            vxlan_port: 8472,
+            masq_ip: Some(Ipv4Addr::new(192, 168, 50, 1)),
+            masq_ports: (61000, 65000),
+        };
+        let b = cfg.to_bytes();
+        assert_eq!(&b[0..4], &[192, 168, 50, 1]);
+        assert_eq!(u16::from_ne_bytes([b[4], b[5]]), 8472);
+        assert_eq!(u16::from_ne_bytes([b[6], b[7]]), 61000);
+        assert_eq!(u16::from_ne_bytes([b[8], b[9]]), 65000);
+        assert_eq!(&b[10..], &[0, 0]);
+    }
+
+    #[test]
+    fn slot_allocator_first_fit_and_coalesce() {
+        let mut a = SlotAllocator::new(10);
+        assert_eq!(a.alloc(4), Some(0));
+        assert_eq!(a.alloc(4), Some(4));
+        assert_eq!(a.alloc(4), None);
+        assert_eq!(a.alloc(2), Some(8));
+        a.free(0, 4);
+        a.free(4, 4);
+        // Coalesced: a range of 8 fits again.
+        assert_eq!(a.alloc(8), Some(0));
+        a.free(8, 2);
+        a.free(0, 8);
+        assert_eq!(a.free, vec![(0, 10)]);
+    }
+
+    #[test]
+    fn slot_allocator_never_hands_out_overlapping_ranges() {
+        let mut a = SlotAllocator::new(64);
+        let mut used = [false; 64];
+        let mut live: Vec<(u32, u32)> = Vec::new();
+        // Deterministic pseudo-random alloc/free sequence.
+        let mut x: u32 = 12345;
+        for _ in 0..2000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let n = (x >> 16) % 5 + 1;
+            if x % 3 == 0 && !live.is_empty() {
+                let (s, l) = live.swap_remove((x as usize >> 8) % live.len());
+                for i in s..s + l {
+                    used[i as usize] = false;
+                }
+                a.free(s, l);
+            } else if let Some(s) = a.alloc(n) {
+                for i in s..s + n {
+                    assert!(!used[i as usize], "slot {i} handed out twice");
+                    used[i as usize] = true;
+                }
+                live.push((s, n));
+            } else {
+                let free: u32 = a.free.iter().map(|&(_, l)| l).sum();
+                assert!(a.free.iter().all(|&(_, l)| l < n) || free < n);
+            }
+        }
+    }
+
+    #[test]
+    fn object_is_embedded_elf() {
+        assert_eq!(STEER_OBJECT.get(..4), Some(&b"\x7fELF"[..]));
+    }
+}
