@@ -275,3 +275,36 @@ fn bad_flags_give_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("node-z"));
 }
+
+#[test]
+fn db_allows_backend_and_denies_frontend() {
+    let v = trace(&[
+        "--from",
+        "default/backend",
+        "--to-service",
+        "default/db",
+        "--proto",
+        "tcp",
+    ]);
+    assert_eq!(v["verdict"], "forward", "{v:#}");
+    assert!(
+        stage(&v, "policy-ingress")
+            .unwrap()
+            .contains("default/db-allow-backend ingress rule 0"),
+        "{v:#}"
+    );
+    // frontend runs on node-b; its packet reaches node-a over VXLAN.
+    let v = trace(&[
+        "--src",
+        "10.244.2.3",
+        "--dst",
+        "10.244.1.5",
+        "--proto",
+        "tcp",
+        "--dport",
+        "5432",
+    ]);
+    assert_eq!(v["verdict"], "drop", "{v:#}");
+    assert_eq!(v["reason"], "policy-denied-ingress");
+    assert_eq!(v["egress"], Value::Null);
+}

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use fake_apiserver::harness::{assert_log_consistent, fast_runner, fast_source, http_get, Harness, NODE};
+use fake_apiserver::harness::{
+    assert_log_consistent, fast_runner, fast_source, http_get, Harness, NODE,
+};
 use fake_apiserver::{self as fake, FakeApiServer};
 use kxdp_control::admin::{start_admin, AdminState};
 use kxdp_control::source::kube::{register_node, KubeSourceConfig, NodeRegistration};
@@ -24,10 +26,19 @@ fn seed(fake: &FakeApiServer, n: usize) {
 
 fn add_service(fake: &FakeApiServer, i: usize) {
     let name = format!("s{i}");
-    fake.apply("services", fake::service("default", &name, &format!("10.96.0.{}", 10 + i), 80));
+    fake.apply(
+        "services",
+        fake::service("default", &name, &format!("10.96.0.{}", 10 + i), 80),
+    );
     fake.apply(
         "endpointslices",
-        fake::endpoint_slice("default", &name, &[&format!("10.244.1.{}", 10 + i)], NODE, None),
+        fake::endpoint_slice(
+            "default",
+            &name,
+            &[&format!("10.244.1.{}", 10 + i)],
+            NODE,
+            None,
+        ),
     );
 }
 
@@ -82,7 +93,10 @@ fn api_server_outage_keeps_tables_and_reports_staleness_then_resyncs() {
     Harness::wait_until(T, "healthz stale", || http_get(addr, "/healthz").0 == 503);
     let (_, body) = http_get(addr, "/healthz");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert!(v["lastUpdated"].is_string() && v["currentTime"].is_string(), "{v}");
+    assert!(
+        v["lastUpdated"].is_string() && v["currentTime"].is_string(),
+        "{v}"
+    );
     // The last tables keep serving, unchanged.
     let during = reader.load();
     assert_eq!(during.services.ports.len(), 6);
@@ -90,7 +104,11 @@ fn api_server_outage_keeps_tables_and_reports_staleness_then_resyncs() {
     drop(during);
     let published_while_down = h.published().len();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(h.published().len(), published_while_down, "nothing may be published from a stale view");
+    assert_eq!(
+        h.published().len(),
+        published_while_down,
+        "nothing may be published from a stale view"
+    );
     assert_eq!(reader.load().generation, frozen_gen);
     let r = h.status.readiness();
     assert_eq!(r.unhealthy_sources, vec!["kubernetes"]);
@@ -137,7 +155,10 @@ fn register_node_patches_flannel_annotations() {
     });
     let node = fake.get("nodes", "", NODE).unwrap();
     let ann = &node["metadata"]["annotations"];
-    assert_eq!(ann["flannel.alpha.coreos.com/backend-data"], r#"{"VNI":1,"VtepMAC":"0a:bb:cc:dd:ee:01"}"#);
+    assert_eq!(
+        ann["flannel.alpha.coreos.com/backend-data"],
+        r#"{"VNI":1,"VtepMAC":"0a:bb:cc:dd:ee:01"}"#
+    );
     assert_eq!(ann["flannel.alpha.coreos.com/public-ip"], "192.168.50.1");
     assert_eq!(ann["flannel.alpha.coreos.com/kube-subnet-manager"], "true");
     // Other annotations survive the merge patch.
@@ -151,7 +172,10 @@ fn register_node_patches_flannel_annotations() {
     drop(h);
 
     // The plain function, against a missing node: an error naming it.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let err = rt.block_on(async {
         let client = kube::Client::try_from(fake.kube_config()).unwrap();
         let missing = NodeRegistration {

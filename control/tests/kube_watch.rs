@@ -7,7 +7,9 @@ mod fake_apiserver;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fake_apiserver::harness::{assert_log_consistent, fast_runner, fast_source, names, Harness, NODE};
+use fake_apiserver::harness::{
+    assert_log_consistent, fast_runner, fast_source, names, Harness, NODE,
+};
 use fake_apiserver::{self as fake, FakeApiServer};
 use kxdp_control::runner::RunnerConfig;
 use kxdp_control::source::kube::KubeSourceConfig;
@@ -20,7 +22,10 @@ const T: Duration = Duration::from_secs(10);
 fn seed(fake: &FakeApiServer, n: usize) {
     fake.apply("namespaces", fake::namespace("default"));
     fake.apply("nodes", fake::node(NODE, "192.168.50.1", "10.244.1.0/24"));
-    fake.apply("nodes", fake::node("node-b", "192.168.50.2", "10.244.2.0/24"));
+    fake.apply(
+        "nodes",
+        fake::node("node-b", "192.168.50.2", "10.244.2.0/24"),
+    );
     fake.apply("pods", fake::pod("default", "web-1", "10.244.1.5", NODE));
     fake.apply("networkpolicies", fake::deny_all_policy("default", "deny"));
     for i in 0..n {
@@ -53,7 +58,11 @@ fn paged_initial_list_then_watch_events() {
     let first = h.wait_for(T, "initial publish", |p| p.generation >= 1);
     assert_eq!(first.generation, 1);
     assert!(first.full);
-    assert_eq!(first.state_services, service_names(0..10), "first publish must hold the whole list");
+    assert_eq!(
+        first.state_services,
+        service_names(0..10),
+        "first publish must hold the whole list"
+    );
     assert_eq!(
         first.backends["default/s3"],
         names(&["10.244.1.13"]),
@@ -63,26 +72,51 @@ fn paged_initial_list_then_watch_events() {
 
     // The watcher paged (limit=3 + continue) and asked for bookmarks.
     let reqs = fake.requests();
-    assert!(reqs.iter().any(|r| r.contains("/api/v1/services?") && r.contains("limit=3") && r.contains("continue=")), "{reqs:#?}");
-    assert!(reqs.iter().any(|r| r.contains("watch=true") && r.contains("allowWatchBookmarks=true")), "{reqs:#?}");
+    assert!(
+        reqs.iter().any(|r| r.contains("/api/v1/services?")
+            && r.contains("limit=3")
+            && r.contains("continue=")),
+        "{reqs:#?}"
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.contains("watch=true") && r.contains("allowWatchBookmarks=true")),
+        "{reqs:#?}"
+    );
 
     // Modify an endpoint, delete a Service, add one.
     fake.apply(
         "endpointslices",
-        fake::endpoint_slice("default", "s3", &["10.244.1.99"], NODE, Some("2024-05-01T10:00:00Z")),
+        fake::endpoint_slice(
+            "default",
+            "s3",
+            &["10.244.1.99"],
+            NODE,
+            Some("2024-05-01T10:00:00Z"),
+        ),
     );
-    h.wait_for(T, "s3 moved", |p| p.backends.get("default/s3") == Some(&names(&["10.244.1.99"])));
+    h.wait_for(T, "s3 moved", |p| {
+        p.backends.get("default/s3") == Some(&names(&["10.244.1.99"]))
+    });
     fake.delete("services", "default", "s4");
     fake.delete("endpointslices", "default", "s4-abc");
     add_service(&fake, 10, "10.244.1.50");
     let mut want = service_names(0..11);
     want.remove("default/s4");
-    let p = h.wait_for(T, "s4 gone, s10 added", |p| p.state_services == want && p.backends.get("default/s10").is_some_and(|b| !b.is_empty()));
+    let p = h.wait_for(T, "s4 gone, s10 added", |p| {
+        p.state_services == want && p.backends.get("default/s10").is_some_and(|b| !b.is_empty())
+    });
     assert!(!p.backends.contains_key("default/s4"));
     // The trigger-time annotation fed the programming latency histogram.
     let metrics = h.metrics.encode();
-    assert!(metrics.contains("kxdp_network_programming_duration_seconds_count 1"), "{metrics}");
-    assert!(metrics.contains("kxdp_objects{kind=\"services\"} 10"), "{metrics}");
+    assert!(
+        metrics.contains("kxdp_network_programming_duration_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kxdp_objects{kind=\"services\"} 10"),
+        "{metrics}"
+    );
 
     assert_log_consistent(&h.published());
 }
@@ -107,8 +141,13 @@ fn updates_that_change_nothing_we_use_publish_nothing() {
     s["metadata"]["managedFields"][0]["time"] = serde_json::json!("2024-05-01T10:00:00Z");
     fake.apply("endpointslices", s);
     // A real change after them proves the events were delivered in order.
-    fake.apply("services", fake::service("default", "later", "10.96.1.1", 80));
-    h.wait_for(T, "the real change", |p| p.state_services.contains("default/later"));
+    fake.apply(
+        "services",
+        fake::service("default", "later", "10.96.1.1", 80),
+    );
+    h.wait_for(T, "the real change", |p| {
+        p.state_services.contains("default/later")
+    });
     let log = h.published();
     assert_eq!(log.len(), 2, "only the real change may publish: {log:#?}");
     assert_eq!(log[1].changes, 1);
@@ -122,11 +161,16 @@ fn nothing_is_published_before_every_kind_synced() {
     // The source watches everything but NetworkPolicies; the runner
     // requires all six kinds.
     let src = KubeSourceConfig {
-        kinds: Kind::ALL.into_iter().filter(|k| *k != Kind::NetworkPolicy).collect(),
+        kinds: Kind::ALL
+            .into_iter()
+            .filter(|k| *k != Kind::NetworkPolicy)
+            .collect(),
         ..fast_source()
     };
     let h = Harness::start(&fake, fast_runner(), src);
-    Harness::wait_until(T, "five kinds synced", || h.status.readiness().waiting_for == vec![Kind::NetworkPolicy]);
+    Harness::wait_until(T, "five kinds synced", || {
+        h.status.readiness().waiting_for == vec![Kind::NetworkPolicy]
+    });
     std::thread::sleep(Duration::from_millis(300));
     assert!(h.published().is_empty());
     assert!(h.slot.current().is_none());
@@ -139,7 +183,9 @@ fn relist_after_410_gone_is_published_whole() {
     let fake = FakeApiServer::start_new();
     seed(&fake, 9);
     let h = Harness::start(&fake, fast_runner(), fast_source());
-    h.wait_for(T, "initial publish", |p| p.state_services == service_names(0..9));
+    h.wait_for(T, "initial publish", |p| {
+        p.state_services == service_names(0..9)
+    });
 
     // Behind the watch's back (history compacted), replace s0..s5 with
     // s100..s105, then end the watch with 410 Gone: only a relist (paged,
@@ -163,7 +209,9 @@ fn relist_after_410_gone_is_published_whole() {
     let mut want = service_names(6..9);
     want.extend(service_names(100..106));
     h.wait_for(T, "new set", |p| p.state_services == want);
-    Harness::wait_until(T, "relist counted", || h.metrics.relists(Kind::Service) >= 1);
+    Harness::wait_until(T, "relist counted", || {
+        h.metrics.relists(Kind::Service) >= 1
+    });
 
     // Every publish shows either the old set, or states reachable by whole
     // watch events — never a partial page of a relist: a relist page holds
@@ -172,7 +220,10 @@ fn relist_after_410_gone_is_published_whole() {
     assert_log_consistent(&log);
     for p in &log[before..] {
         for keep in service_names(6..9) {
-            assert!(p.state_services.contains(&keep), "half list published: {p:#?}");
+            assert!(
+                p.state_services.contains(&keep),
+                "half list published: {p:#?}"
+            );
         }
     }
 }
@@ -182,7 +233,9 @@ fn relist_interrupted_by_expired_continue_token_is_discarded() {
     let fake = FakeApiServer::start_new();
     seed(&fake, 8);
     let h = Harness::start(&fake, fast_runner(), fast_source());
-    h.wait_for(T, "initial publish", |p| p.state_services == service_names(0..8));
+    h.wait_for(T, "initial publish", |p| {
+        p.state_services == service_names(0..8)
+    });
     let before = h.published().len();
     // The next two relists die on their second page (410 Expired on the
     // continue token); the watcher starts over; the runner must never see
@@ -196,7 +249,10 @@ fn relist_interrupted_by_expired_continue_token_is_discarded() {
     let log = h.published();
     assert_log_consistent(&log);
     for p in &log[before..] {
-        assert!(service_names(0..8).is_subset(&p.state_services), "half list published: {p:#?}");
+        assert!(
+            service_names(0..8).is_subset(&p.state_services),
+            "half list published: {p:#?}"
+        );
     }
 }
 
@@ -212,9 +268,15 @@ fn dropped_watch_connection_resumes_without_loss() {
     add_service(&fake, 3, "10.244.1.30");
     fake.delete("services", "default", "s0");
     fake.delete("endpointslices", "default", "s0-abc");
-    h.wait_for(T, "changes after reconnect", |p| p.state_services == service_names(1..4));
+    h.wait_for(T, "changes after reconnect", |p| {
+        p.state_services == service_names(1..4)
+    });
     assert_log_consistent(&h.published());
-    assert_eq!(h.metrics.relists(Kind::Service), 0, "a resumed watch must not relist");
+    assert_eq!(
+        h.metrics.relists(Kind::Service),
+        0,
+        "a resumed watch must not relist"
+    );
 }
 
 #[test]
@@ -240,7 +302,9 @@ fn malformed_object_is_skipped_and_the_stream_goes_on() {
     s1["spec"]["ports"] = serde_json::json!("none");
     fake.apply("services", s1);
     add_service(&fake, 5, "10.244.1.55");
-    h.wait_for(T, "s5 after the bad ones", |p| p.state_services == names(&["default/s0", "default/s5"]));
+    h.wait_for(T, "s5 after the bad ones", |p| {
+        p.state_services == names(&["default/s0", "default/s5"])
+    });
     assert_eq!(h.metrics.decode_errors(Kind::Service), 3);
     assert_eq!(h.metrics.relists(Kind::Service), 0);
     assert_log_consistent(&h.published());

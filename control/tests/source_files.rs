@@ -75,7 +75,10 @@ fn save(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn start(path: &Path, config: RunnerConfig) -> (Harness, kxdp_control::source::files::ManifestsSource) {
+fn start(
+    path: &Path,
+    config: RunnerConfig,
+) -> (Harness, kxdp_control::source::files::ManifestsSource) {
     let (mut h, rx) = Harness::runner_only(&config);
     h.start_runner(config, rx, Vec::new());
     let src = start_manifests_source(
@@ -119,9 +122,17 @@ fn directory_edit_publishes_only_that_change_and_broken_edit_keeps_last_good() {
     assert!(!p.full);
 
     // A broken edit: error reported, nothing published, old tables serve.
-    save(&svc, "apiVersion: v1\nkind: Service\nmetadata: {name: web\n  spec: [\n");
+    save(
+        &svc,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web\n  spec: [\n",
+    );
     Harness::wait_until(T, "error reported", || h.metrics.manifest_errors() == 1);
-    assert!(src.last_error().is_some_and(|e| e.contains("services.yaml")), "{:?}", src.last_error());
+    assert!(
+        src.last_error()
+            .is_some_and(|e| e.contains("services.yaml")),
+        "{:?}",
+        src.last_error()
+    );
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(h.published().len(), 2);
     let current = h.slot.current().unwrap();
@@ -146,7 +157,11 @@ fn single_file_is_watched_and_broken_start_stays_unready() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("all.yaml");
     // Broken from the start: nothing is published, not ready.
-    std::fs::write(&file, format!("{NODE_YAML}---\nkind: Service\nmetadata: [\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("{NODE_YAML}---\nkind: Service\nmetadata: [\n"),
+    )
+    .unwrap();
     let (h, src) = start(&file, quiet_runner());
     Harness::wait_until(T, "error reported", || h.metrics.manifest_errors() >= 1);
     std::thread::sleep(Duration::from_millis(200));
@@ -155,7 +170,10 @@ fn single_file_is_watched_and_broken_start_stays_unready() {
 
     // Other files in the directory do not matter.
     std::fs::write(dir.path().join("other.yaml"), "garbage: [").unwrap();
-    save(&file, &format!("{NODE_YAML}---\n{}", services_yaml("10.244.1.10")));
+    save(
+        &file,
+        &format!("{NODE_YAML}---\n{}", services_yaml("10.244.1.10")),
+    );
     let p = h.wait_for(T, "first good load", |p| p.generation == 1);
     assert_eq!(p.state_services, names(&["default/db", "default/web"]));
     Harness::wait_until(T, "ready", || h.status.readiness().ready);

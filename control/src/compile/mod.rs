@@ -32,7 +32,7 @@ mod tests;
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use kxdp_dataplane::tables::{Ipv4Cidr, PolicyTable, TableSet, VxlanConfig};
+use kxdp_dataplane::tables::{Ipv4Cidr, TableSet, VxlanConfig};
 
 use crate::model::ClusterState;
 
@@ -139,6 +139,14 @@ pub fn compile(
     let pods = pods::pod_table(state, env, opts, &mut warnings);
     let derived = crate::endpoints::derive_endpoint_slices(state);
     let services = services::service_table(state, &derived, &node, opts, &mut warnings);
+    // NetworkPolicy: per local pod, indexed by policy_slot (= position).
+    let local_pods: Vec<_> = pods.iter().cloned().collect();
+    let mut owned: Vec<std::net::Ipv4Addr> = node.node_ips.clone();
+    owned.extend([Some(node.vtep_ip), node.gateway_ip, node.pod_cidr.map(|c| c.addr())].into_iter().flatten());
+    let policy = crate::policy::compile_policies(state, &opts.node_name, &owned, &local_pods);
+    for w in policy.warnings {
+        warnings.push("NetworkPolicy", "", w.to_string());
+    }
     Ok(CompileOutput {
         tables: TableSet {
             generation,
@@ -146,7 +154,7 @@ pub fn compile(
             services,
             pods,
             routes,
-            policy: PolicyTable::allow_all(),
+            policy: policy.table,
             neighbours: env.neighbours.clone(),
         },
         warnings: warnings.0,

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use kxdp_control::compile::{compile, CompileOptions, NodeEnvironment};
 use kxdp_control::metrics::Metrics;
 use kxdp_control::runner::{spawn_runner, RunnerConfig, RunnerHandle, Shared, Status, TableSlot};
-use kxdp_control::source::kube::{start_kube_source, KubeConnect, KubeSource, KubeSourceConfig, WatchBackoff};
+use kxdp_control::source::kube::{
+    start_kube_source, KubeConnect, KubeSource, KubeSourceConfig, WatchBackoff,
+};
 use kxdp_control::source::{self, EventSender};
 
 use super::FakeApiServer;
@@ -83,7 +85,12 @@ impl Harness {
         (h, rx)
     }
 
-    pub fn start_runner(&mut self, config: RunnerConfig, rx: source::EventReceiver, mut extra_hooks: Vec<kxdp_control::runner::PublishHook>) {
+    pub fn start_runner(
+        &mut self,
+        config: RunnerConfig,
+        rx: source::EventReceiver,
+        mut extra_hooks: Vec<kxdp_control::runner::PublishHook>,
+    ) {
         let log = self.log.clone();
         let mut hooks: Vec<kxdp_control::runner::PublishHook> = vec![Box::new(move |ev| {
             let state_services = ev
@@ -120,7 +127,13 @@ impl Harness {
         };
         let compile_fn = |input: &kxdp_control::runner::CompileInput<'_>| {
             let env = NodeEnvironment::synthetic(input.state, NODE);
-            compile(input.state, &env, &CompileOptions::new(NODE), input.generation).map(|o| o.tables)
+            compile(
+                input.state,
+                &env,
+                &CompileOptions::new(NODE),
+                input.generation,
+            )
+            .map(|o| o.tables)
         };
         self.runner = Some(spawn_runner(config, rx, compile_fn, shared).expect("runner"));
     }
@@ -149,7 +162,12 @@ impl Harness {
     }
 
     /// Wait until the latest publish satisfies `pred`; panic after `timeout`.
-    pub fn wait_for(&self, timeout: Duration, what: &str, pred: impl Fn(&Published) -> bool) -> Published {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Published) -> bool,
+    ) -> Published {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(p) = self.last() {
@@ -158,7 +176,10 @@ impl Harness {
                 }
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; last publish: {:#?}", self.last());
+                panic!(
+                    "timed out waiting for {what}; last publish: {:#?}",
+                    self.last()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -196,18 +217,30 @@ pub fn names(items: &[&str]) -> BTreeSet<String> {
 /// tables hold exactly the Services of the state it was compiled from.
 pub fn assert_log_consistent(log: &[Published]) {
     for w in log.windows(2) {
-        assert_eq!(w[1].generation, w[0].generation + 1, "generations must count up by one: {w:#?}");
+        assert_eq!(
+            w[1].generation,
+            w[0].generation + 1,
+            "generations must count up by one: {w:#?}"
+        );
     }
     for p in log {
-        assert_eq!(p.state_services, p.table_services, "tables differ from their state: {p:#?}");
+        assert_eq!(
+            p.state_services, p.table_services,
+            "tables differ from their state: {p:#?}"
+        );
     }
 }
 
 /// A minimal HTTP/1.1 GET; returns (status code, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read");
     let text = String::from_utf8_lossy(&raw).to_string();
@@ -216,6 +249,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("status code");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }

@@ -515,7 +515,9 @@ fn watch(shared: Arc<Shared>, plural: &'static str, q: &HashMap<String, String>)
         if too_old {
             let msg = format!("too old resource version: {from}");
             let _ = tx
-                .send(line(&json!({"type": "ERROR", "object": status(410, "Expired", &msg)})))
+                .send(line(
+                    &json!({"type": "ERROR", "object": status(410, "Expired", &msg)}),
+                ))
                 .await;
             return;
         }
@@ -679,7 +681,13 @@ pub fn lb_service_local(ns: &str, name: &str, cluster_ip: &str, port: u16, hc_po
 
 /// One slice for `svc` with `ips` on `node`; `trigger` sets the
 /// last-change-trigger-time annotation.
-pub fn endpoint_slice(ns: &str, svc: &str, ips: &[&str], node: &str, trigger: Option<&str>) -> Value {
+pub fn endpoint_slice(
+    ns: &str,
+    svc: &str,
+    ips: &[&str],
+    node: &str,
+    trigger: Option<&str>,
+) -> Value {
     let mut annotations = serde_json::Map::new();
     if let Some(t) = trigger {
         annotations.insert(

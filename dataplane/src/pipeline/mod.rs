@@ -23,6 +23,7 @@ mod l2;
 mod nat;
 mod parse;
 mod reply;
+mod revoke;
 mod service;
 mod trace;
 
@@ -34,6 +35,7 @@ use std::sync::Arc;
 
 pub use frame::{Egress, Frame, Ingress, Verdict};
 pub use parse::{Headers, IcmpKind};
+pub use revoke::{flush_revoked, still_allowed};
 pub use trace::{NoTrace, Stage, StageRecord, TraceLog, Tracer};
 
 use crate::conntrack::AffinityTable;
@@ -598,10 +600,7 @@ impl Pipeline {
 
     /// Addresses the node owns on the pod network and the underlay.
     fn node_owned(&self, t: &TableSet, ip: Ipv4Addr) -> bool {
-        t.node.is_node_ip(ip)
-            || t.node.gateway_ip == Some(ip)
-            || t.node.vtep_ip == ip
-            || t.node.pod_cidr.is_some_and(|c| c.addr() == ip)
+        t.node.owns(ip)
     }
 
     /// True when the dataplane (not the kernel) handles packets to `h.dst`.

@@ -170,6 +170,18 @@ impl NodeConfig {
         self.node_ips.contains(&ip)
     }
 
+    /// Addresses the node itself owns on the pod network and the underlay:
+    /// node IPs, the VTEP address, the pods' gateway and the Flannel VTEP
+    /// address (pod CIDR network address). Traffic from them is node
+    /// traffic, which NetworkPolicy always allows.
+    #[inline]
+    pub fn owns(&self, ip: Ipv4Addr) -> bool {
+        self.is_node_ip(ip)
+            || self.vtep_ip == ip
+            || self.gateway_ip == Some(ip)
+            || self.pod_cidr.is_some_and(|c| c.addr() == ip)
+    }
+
     /// True when `ip` lies in a pod CIDR of the cluster.
     #[inline]
     pub fn in_cluster(&self, ip: Ipv4Addr) -> bool {
