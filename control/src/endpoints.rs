@@ -307,8 +307,10 @@ mod tests {
     }
 
     fn service(name: &str, spec: serde_json::Value) -> Service {
-        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec}))
-            .unwrap()
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec}),
+        )
+        .unwrap()
     }
 
     fn state(pods: Vec<Pod>, services: Vec<Service>) -> ClusterState {
@@ -330,7 +332,11 @@ mod tests {
         s
     }
 
-    fn summary(slices: &[EndpointSlice]) -> Vec<(Vec<(String, i32)>, Vec<(String, bool, bool, bool)>)> {
+    /// Per slice: (port name, number) list and (address, ready, serving,
+    /// terminating) list.
+    type Summary = Vec<(Vec<(String, i32)>, Vec<(String, bool, bool, bool)>)>;
+
+    fn summary(slices: &[EndpointSlice]) -> Summary {
         slices
             .iter()
             .map(|s| {
@@ -376,7 +382,12 @@ mod tests {
         let sl = &slices[0];
         assert_eq!(sl.metadata.name.as_deref(), Some("web-kxdp-0"));
         assert_eq!(
-            sl.metadata.labels.as_ref().unwrap().get(SERVICE_NAME_LABEL).map(String::as_str),
+            sl.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .get(SERVICE_NAME_LABEL)
+                .map(String::as_str),
             Some("web")
         );
         assert_eq!(
@@ -400,9 +411,15 @@ mod tests {
     fn absent_target_port_uses_service_port() {
         let s = state(
             vec![running_pod("a", json!({"app": "web"}), "10.244.1.2", "n")],
-            vec![service("web", json!({"selector": {"app": "web"}, "ports": [{"port": 5432}]}))],
+            vec![service(
+                "web",
+                json!({"selector": {"app": "web"}, "ports": [{"port": 5432}]}),
+            )],
         );
-        assert_eq!(summary(&derive_endpoint_slices(&s))[0].0, vec![(String::new(), 5432)]);
+        assert_eq!(
+            summary(&derive_endpoint_slices(&s))[0].0,
+            vec![(String::new(), 5432)]
+        );
     }
 
     #[test]
@@ -451,7 +468,14 @@ mod tests {
     #[test]
     fn readiness_terminal_terminating_and_missing_ip() {
         let mut not_ready = running_pod("b", json!({"app": "web"}), "10.244.1.3", "n");
-        not_ready.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
+        not_ready
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "False".into();
         let mut pending = running_pod("c", json!({"app": "web"}), "10.244.1.4", "n");
         pending.status.as_mut().unwrap().phase = Some("Pending".into());
         let mut no_conditions = running_pod("d", json!({"app": "web"}), "10.244.1.5", "n");
@@ -477,7 +501,10 @@ mod tests {
                 no_ip,
                 v6_only,
             ],
-            vec![service("web", json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}))],
+            vec![service(
+                "web",
+                json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}),
+            )],
         );
         assert_eq!(
             summary(&derive_endpoint_slices(&s))[0].1,
@@ -513,10 +540,19 @@ mod tests {
         let mut s = state(
             vec![running_pod("a", json!({"app": "web"}), "10.244.1.2", "n")],
             vec![
-                service("has-slice", json!({"selector": {"app": "web"}, "ports": [{"port": 80}]})),
+                service(
+                    "has-slice",
+                    json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}),
+                ),
                 service("no-selector", json!({"ports": [{"port": 80}]})),
-                service("empty-selector", json!({"selector": {}, "ports": [{"port": 80}]})),
-                service("nothing-matches", json!({"selector": {"app": "none"}, "ports": [{"port": 80}]})),
+                service(
+                    "empty-selector",
+                    json!({"selector": {}, "ports": [{"port": 80}]}),
+                ),
+                service(
+                    "nothing-matches",
+                    json!({"selector": {"app": "none"}, "ports": [{"port": 80}]}),
+                ),
                 service("no-ports", json!({"selector": {"app": "web"}})),
             ],
         );
@@ -526,7 +562,8 @@ mod tests {
             "addressType": "IPv4", "endpoints": []
         }))
         .unwrap();
-        s.endpoint_slices.insert(("default".into(), "x".into()), slice);
+        s.endpoint_slices
+            .insert(("default".into(), "x".into()), slice);
         assert!(derive_endpoint_slices(&s).is_empty());
     }
 
@@ -536,7 +573,10 @@ mod tests {
         p.metadata.namespace = Some("other".into());
         let s = state(
             vec![p],
-            vec![service("web", json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}))],
+            vec![service(
+                "web",
+                json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}),
+            )],
         );
         assert!(derive_endpoint_slices(&s).is_empty());
     }

@@ -10,6 +10,8 @@ pub mod model;
 pub mod policy;
 pub mod runner;
 pub mod source;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tracker;
 
 pub use model::ClusterState;

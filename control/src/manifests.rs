@@ -187,7 +187,9 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, report: &mut LoadReport) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            report.errors.push(file_error(dir, format!("cannot read directory: {e}")));
+            report
+                .errors
+                .push(file_error(dir, format!("cannot read directory: {e}")));
             return;
         }
     };
@@ -195,7 +197,9 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, report: &mut LoadReport) {
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                report.errors.push(file_error(dir, format!("cannot read directory: {e}")));
+                report
+                    .errors
+                    .push(file_error(dir, format!("cannot read directory: {e}")));
                 continue;
             }
         };
@@ -208,7 +212,9 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, report: &mut LoadReport) {
             Ok(m) if m.is_dir() => collect_files(&p, out, report),
             Ok(m) if m.is_file() && is_manifest_file(&p) => out.push(p),
             Ok(_) => {}
-            Err(e) => report.errors.push(file_error(&p, format!("cannot stat: {e}"))),
+            Err(e) => report
+                .errors
+                .push(file_error(&p, format!("cannot stat: {e}"))),
         }
     }
 }
@@ -456,7 +462,13 @@ impl Loader {
         }
     }
 
-    fn error(&mut self, origin: &Origin, kind: Option<&str>, name: Option<String>, message: String) {
+    fn error(
+        &mut self,
+        origin: &Origin,
+        kind: Option<&str>,
+        name: Option<String>,
+        message: String,
+    ) {
         self.report.errors.push(LoadError {
             origin: origin.clone(),
             kind: kind.map(str::to_string),
@@ -481,7 +493,12 @@ impl Loader {
             Value::Object(m) => m,
             other => {
                 let what = json_type(&other);
-                self.error(&origin, None, None, format!("expected an object, found {what}"));
+                self.error(
+                    &origin,
+                    None,
+                    None,
+                    format!("expected an object, found {what}"),
+                );
                 return;
             }
         };
@@ -500,7 +517,10 @@ impl Loader {
             .strip_suffix("List")
             .filter(|k| !k.is_empty())
             .map(|k| {
-                let api = map.get("apiVersion").and_then(Value::as_str).unwrap_or("v1");
+                let api = map
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("v1");
                 (k.to_string(), api.to_string())
             });
         let items = match map.get("items") {
@@ -508,7 +528,12 @@ impl Loader {
             Some(Value::Array(items)) => items.clone(),
             Some(other) => {
                 let what = json_type(other);
-                self.error(&origin, Some(&kind), None, format!("`items` must be a list, found {what}"));
+                self.error(
+                    &origin,
+                    Some(&kind),
+                    None,
+                    format!("`items` must be a list, found {what}"),
+                );
                 return;
             }
         };
@@ -522,7 +547,12 @@ impl Loader {
                 Value::Null => {}
                 other => {
                     let what = json_type(&other);
-                    self.error(&item_origin, None, None, format!("expected an object, found {what}"));
+                    self.error(
+                        &item_origin,
+                        None,
+                        None,
+                        format!("expected an object, found {what}"),
+                    );
                 }
             }
         }
@@ -555,12 +585,22 @@ impl Loader {
             },
             Some(other) => {
                 let what = json_type(other);
-                self.error(origin, None, meta_name, format!("`kind` must be a string, found {what}"));
+                self.error(
+                    origin,
+                    None,
+                    meta_name,
+                    format!("`kind` must be a string, found {what}"),
+                );
                 return;
             }
         };
         if kind == "List" || (kind.ends_with("List") && map.contains_key("items")) {
-            self.warn(origin, Some(&kind), meta_name, "nested List skipped".to_string());
+            self.warn(
+                origin,
+                Some(&kind),
+                meta_name,
+                "nested List skipped".to_string(),
+            );
             return;
         }
         let Some(known) = Known::from_kind(&kind) else {
@@ -577,7 +617,12 @@ impl Loader {
             None => match inherited {
                 Some((_, v)) => v.clone(),
                 None => {
-                    self.error(origin, Some(&kind), meta_name, "no `apiVersion`".to_string());
+                    self.error(
+                        origin,
+                        Some(&kind),
+                        meta_name,
+                        "no `apiVersion`".to_string(),
+                    );
                     return;
                 }
             },
@@ -609,7 +654,11 @@ impl Loader {
             return;
         };
         let namespace = if known.namespaced() {
-            Some(meta_ns.filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()))
+            Some(
+                meta_ns
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+            )
         } else {
             None
         };
@@ -625,7 +674,11 @@ impl Loader {
         let ns = namespace.clone().unwrap_or_default();
         let inserted = match known {
             Known::Namespace => typed::<Namespace>(value).map(|o| {
-                self.report.state.namespaces.insert(name.clone(), o).is_some()
+                self.report
+                    .state
+                    .namespaces
+                    .insert(name.clone(), o)
+                    .is_some()
             }),
             Known::Node => typed::<Node>(value)
                 .map(|o| self.report.state.nodes.insert(name.clone(), o).is_some()),
@@ -688,13 +741,13 @@ impl Loader {
 /// Convert to the typed object; the message names the offending field.
 fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
     serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                format!("invalid object: {}", e.inner())
-            } else {
-                format!("invalid field `{path}`: {}", e.inner())
-            }
-        })
+        let path = e.path().to_string();
+        if path == "." {
+            format!("invalid object: {}", e.inner())
+        } else {
+            format!("invalid field `{path}`: {}", e.inner())
+        }
+    })
 }
 
 fn set_namespace(meta: &mut ObjectMeta, ns: &str) {

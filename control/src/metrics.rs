@@ -126,8 +126,16 @@ impl Metrics {
             "From an EndpointSlice's last-change-trigger-time to the publish of tables containing it",
             programming_latency.clone(),
         );
-        registry.register("objects", "Objects in the desired state, per kind", objects.clone());
-        registry.register("generation", "Generation of the published tables", generation.clone());
+        registry.register(
+            "objects",
+            "Objects in the desired state, per kind",
+            objects.clone(),
+        );
+        registry.register(
+            "generation",
+            "Generation of the published tables",
+            generation.clone(),
+        );
         registry.register(
             "last_publish_timestamp_seconds",
             "Unix time of the last publish",

@@ -455,7 +455,9 @@ where
         let full = self.need_full || periodic;
         let generation = self.generation.saturating_add(1);
         for kind in Kind::ALL {
-            self.shared.metrics.set_objects(kind, self.tracker.count(kind));
+            self.shared
+                .metrics
+                .set_objects(kind, self.tracker.count(kind));
         }
         let input = CompileInput {
             state: self.tracker.state(),

@@ -260,9 +260,7 @@ impl ChangeTracker {
 }
 
 /// The slice's last-change-trigger-time, when present and valid RFC 3339.
-pub fn trigger_time(
-    slice: &k8s_openapi::api::discovery::v1::EndpointSlice,
-) -> Option<Timestamp> {
+pub fn trigger_time(slice: &k8s_openapi::api::discovery::v1::EndpointSlice) -> Option<Timestamp> {
     slice
         .metadata
         .annotations

@@ -27,7 +27,10 @@ fn compiled(node: &str) -> (TableSet, Vec<String>) {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let env = NodeEnvironment::synthetic(&report.state, node);
     let out = compile(&report.state, &env, &CompileOptions::new(node), 1).unwrap();
-    (out.tables, out.warnings.iter().map(ToString::to_string).collect())
+    (
+        out.tables,
+        out.warnings.iter().map(ToString::to_string).collect(),
+    )
 }
 
 /// (backend ip:port, local) of the cluster set behind a frontend.
@@ -70,17 +73,28 @@ fn node_a_tables() {
     // Node config from node-a's Node object.
     assert_eq!(t.node.node_ips, vec![ip("192.168.50.1")]);
     assert_eq!(t.node.vtep_ip, ip("192.168.50.1"));
-    assert_eq!(t.node.vtep_mac, "0e:6b:78:00:01:01".parse::<MacAddr>().unwrap());
+    assert_eq!(
+        t.node.vtep_mac,
+        "0e:6b:78:00:01:01".parse::<MacAddr>().unwrap()
+    );
     assert_eq!(t.node.pod_cidr.unwrap().to_string(), "10.244.1.0/24");
     assert_eq!(t.node.gateway_ip, Some(ip("10.244.1.1")));
-    let cidrs: Vec<String> = t.node.cluster_cidrs.iter().map(ToString::to_string).collect();
+    let cidrs: Vec<String> = t
+        .node
+        .cluster_cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(cidrs, vec!["10.244.1.0/24", "10.244.2.0/24"]);
 
     // The route to node-b's pods goes through its VTEP.
     let remote = t.routes.lookup(ip("10.244.2.2")).unwrap();
     assert_eq!(&*remote.name, "node-b");
     assert_eq!(remote.vtep_ip, ip("192.168.50.2"));
-    assert_eq!(remote.vtep_mac, "0e:6b:78:00:02:01".parse::<MacAddr>().unwrap());
+    assert_eq!(
+        remote.vtep_mac,
+        "0e:6b:78:00:02:01".parse::<MacAddr>().unwrap()
+    );
     assert!(t.routes.lookup(ip("10.244.1.2")).is_none());
     assert_eq!(t.routes.nodes().len(), 1);
 
@@ -105,18 +119,30 @@ fn node_a_tables() {
     // my-web-service (explicit EndpointSlice): both web pods, web-1 local.
     assert_eq!(
         backends(&t, "10.96.0.10", 80, IpProto::Tcp),
-        vec![("10.244.1.2:8080".to_string(), true), ("10.244.2.2:8080".to_string(), false)]
+        vec![
+            ("10.244.1.2:8080".to_string(), true),
+            ("10.244.2.2:8080".to_string(), false)
+        ]
     );
     // example-nodeport: derived endpoints, ClusterIP and NodePort 30080.
     assert_eq!(
         backends(&t, "10.96.0.20", 80, IpProto::Tcp),
         vec![("10.244.1.3:8080".to_string(), true)]
     );
-    let np = t.services.lookup(ip("192.168.50.1"), 30080, IpProto::Tcp, true).unwrap();
+    let np = t
+        .services
+        .lookup(ip("192.168.50.1"), 30080, IpProto::Tcp, true)
+        .unwrap();
     assert_eq!(np.kind, FrontendKind::NodePort);
-    assert_eq!(&*t.services.port(np.service_port).unwrap().name, "example-nodeport");
+    assert_eq!(
+        &*t.services.port(np.service_port).unwrap().name,
+        "example-nodeport"
+    );
     // NodePorts answer only on node addresses.
-    assert!(t.services.lookup(ip("10.96.0.20"), 30080, IpProto::Tcp, false).is_none());
+    assert!(t
+        .services
+        .lookup(ip("10.96.0.20"), 30080, IpProto::Tcp, false)
+        .is_none());
     // db: named targetPort "postgres".
     assert_eq!(
         backends(&t, "10.96.0.30", 5432, IpProto::Tcp),
@@ -130,30 +156,48 @@ fn node_a_tables() {
         );
     }
     // empty-service: a frontend without endpoints (reject).
-    let f = t.services.lookup(ip("10.96.0.40"), 80, IpProto::Tcp, false).unwrap();
+    let f = t
+        .services
+        .lookup(ip("10.96.0.40"), 80, IpProto::Tcp, false)
+        .unwrap();
     let sp = t.services.port(f.service_port).unwrap();
     assert!(sp.cluster.is_empty());
     assert!(!sp.has_endpoints);
     // Nothing else: 6 ClusterIP frontends plus one NodePort.
     assert_eq!(t.services.frontend_count(), 7);
-    assert!(t.services.lookup(ip("10.96.0.10"), 8080, IpProto::Tcp, false).is_none());
+    assert!(t
+        .services
+        .lookup(ip("10.96.0.10"), 8080, IpProto::Tcp, false)
+        .is_none());
 }
 
 #[test]
 fn node_b_sees_the_mirror_image() {
     let (t, warnings) = compiled("node-b");
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(t.node.vtep_mac, "0e:6b:78:00:02:01".parse::<MacAddr>().unwrap());
+    assert_eq!(
+        t.node.vtep_mac,
+        "0e:6b:78:00:02:01".parse::<MacAddr>().unwrap()
+    );
     assert_eq!(&*t.routes.lookup(ip("10.244.1.5")).unwrap().name, "node-a");
     assert_eq!(t.pods.len(), 3);
     assert_eq!(
         backends(&t, "10.96.0.10", 80, IpProto::Tcp),
-        vec![("10.244.1.2:8080".to_string(), false), ("10.244.2.2:8080".to_string(), true)]
+        vec![
+            ("10.244.1.2:8080".to_string(), false),
+            ("10.244.2.2:8080".to_string(), true)
+        ]
     );
     // The two synthetic environments agree on each other's uplink MACs.
     let report = load_path(&examples()).unwrap();
     let env_a = NodeEnvironment::synthetic(&report.state, "node-a");
     let env_b = NodeEnvironment::synthetic(&report.state, "node-b");
-    assert_eq!(env_b.neighbours.lookup(ip("192.168.50.1")), Some(env_a.uplink_mac));
-    assert_eq!(env_a.neighbours.lookup(ip("192.168.50.2")), Some(env_b.uplink_mac));
+    assert_eq!(
+        env_b.neighbours.lookup(ip("192.168.50.1")),
+        Some(env_a.uplink_mac)
+    );
+    assert_eq!(
+        env_a.neighbours.lookup(ip("192.168.50.2")),
+        Some(env_b.uplink_mac)
+    );
 }

@@ -73,7 +73,10 @@ fn fnv1a32(bytes: &[u8]) -> u32 {
 /// Host-side veth name for pod `namespace/name`: `veth` + 8 hex digits,
 /// the shape the CNI `ptp` plugin's names have (15 bytes fit IFNAMSIZ).
 pub fn synthetic_veth_name(namespace: &str, name: &str) -> String {
-    format!("veth{:08x}", fnv1a32(format!("{namespace}/{name}").as_bytes()))
+    format!(
+        "veth{:08x}",
+        fnv1a32(format!("{namespace}/{name}").as_bytes())
+    )
 }
 
 impl NodeEnvironment {

@@ -36,8 +36,14 @@ use kxdp_dataplane::tables::{Ipv4Cidr, TableSet, VxlanConfig};
 
 use crate::model::ClusterState;
 
-pub use env::{synthetic_host_mac, synthetic_pod_mac, synthetic_uplink_mac, synthetic_veth_name, NodeEnvironment};
-pub use node::{node_internal_ips, node_pod_cidrs, node_underlay_ip, FLANNEL_BACKEND_DATA, FLANNEL_BACKEND_TYPE, FLANNEL_PUBLIC_IP};
+pub use env::{
+    synthetic_host_mac, synthetic_pod_mac, synthetic_uplink_mac, synthetic_veth_name,
+    NodeEnvironment,
+};
+pub use node::{
+    node_internal_ips, node_pod_cidrs, node_underlay_ip, FLANNEL_BACKEND_DATA,
+    FLANNEL_BACKEND_TYPE, FLANNEL_PUBLIC_IP,
+};
 pub use services::{
     DEFAULT_AFFINITY_TIMEOUT_SECS, MAX_AFFINITY_TIMEOUT_SECS, SERVICE_PROXY_NAME_LABEL,
 };
@@ -101,7 +107,12 @@ impl fmt::Display for CompileWarning {
 pub(crate) struct Warnings(Vec<CompileWarning>);
 
 impl Warnings {
-    pub(crate) fn push(&mut self, kind: &'static str, name: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(
+        &mut self,
+        kind: &'static str,
+        name: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.0.push(CompileWarning {
             kind,
             name: name.into(),
@@ -142,7 +153,15 @@ pub fn compile(
     // NetworkPolicy: per local pod, indexed by policy_slot (= position).
     let local_pods: Vec<_> = pods.iter().cloned().collect();
     let mut owned: Vec<std::net::Ipv4Addr> = node.node_ips.clone();
-    owned.extend([Some(node.vtep_ip), node.gateway_ip, node.pod_cidr.map(|c| c.addr())].into_iter().flatten());
+    owned.extend(
+        [
+            Some(node.vtep_ip),
+            node.gateway_ip,
+            node.pod_cidr.map(|c| c.addr()),
+        ]
+        .into_iter()
+        .flatten(),
+    );
     let policy = crate::policy::compile_policies(state, &opts.node_name, &owned, &local_pods);
     for w in policy.warnings {
         warnings.push("NetworkPolicy", "", w.to_string());

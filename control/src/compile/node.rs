@@ -122,7 +122,11 @@ pub(super) fn node_config(
         .or_else(|| node_ips.first().copied())
         .ok_or_else(|| CompileError::NodeWithoutAddress { node: name.clone() })?;
     if annotation(node, FLANNEL_PUBLIC_IP).is_some() && public.is_none() {
-        warnings.push("Node", name.as_str(), format!("{FLANNEL_PUBLIC_IP} is not an IPv4 address; using {vtep_ip}"));
+        warnings.push(
+            "Node",
+            name.as_str(),
+            format!("{FLANNEL_PUBLIC_IP} is not an IPv4 address; using {vtep_ip}"),
+        );
     }
 
     let vtep_mac = match flannel_vtep(node) {
@@ -131,7 +135,10 @@ pub(super) fn node_config(
                 warnings.push(
                     "Node",
                     name.as_str(),
-                    format!("Flannel VNI {vni} differs from the configured VNI {}", opts.vxlan.vni),
+                    format!(
+                        "Flannel VNI {vni} differs from the configured VNI {}",
+                        opts.vxlan.vni
+                    ),
                 );
             }
             if let Some(o) = env.vtep_mac.filter(|o| *o != mac) {
@@ -146,7 +153,11 @@ pub(super) fn node_config(
         Ok(None) => env.vtep_mac.unwrap_or(env.uplink_mac),
         Err(e) => {
             let fallback = env.vtep_mac.unwrap_or(env.uplink_mac);
-            warnings.push("Node", name.as_str(), format!("{e}; using VTEP MAC {fallback}"));
+            warnings.push(
+                "Node",
+                name.as_str(),
+                format!("{e}; using VTEP MAC {fallback}"),
+            );
             fallback
         }
     };
@@ -157,7 +168,11 @@ pub(super) fn node_config(
     }
     let pod_cidr = cidrs.first().copied();
     if pod_cidr.is_none() {
-        warnings.push("Node", name.as_str(), "no IPv4 podCIDR: local pods have no gateway");
+        warnings.push(
+            "Node",
+            name.as_str(),
+            "no IPv4 podCIDR: local pods have no gateway",
+        );
     }
 
     let cluster_cidrs = match &opts.cluster_cidrs {
@@ -188,7 +203,11 @@ pub(super) fn node_config(
 }
 
 /// Routes to every other node's pod CIDR(s) over VXLAN.
-pub(super) fn route_table(state: &ClusterState, opts: &CompileOptions, warnings: &mut Warnings) -> RouteTable {
+pub(super) fn route_table(
+    state: &ClusterState,
+    opts: &CompileOptions,
+    warnings: &mut Warnings,
+) -> RouteTable {
     let mut entries = Vec::new();
     for (name, node) in &state.nodes {
         if *name == opts.node_name {
@@ -202,11 +221,19 @@ pub(super) fn route_table(state: &ClusterState, opts: &CompileOptions, warnings:
             continue; // not (yet) allocated: nothing to route
         }
         if let Some(t) = annotation(node, FLANNEL_BACKEND_TYPE).filter(|t| *t != "vxlan") {
-            warnings.push("Node", name.as_str(), format!("Flannel backend type {t:?} is not vxlan; no route"));
+            warnings.push(
+                "Node",
+                name.as_str(),
+                format!("Flannel backend type {t:?} is not vxlan; no route"),
+            );
             continue;
         }
         let Some(vtep_ip) = node_underlay_ip(node) else {
-            warnings.push("Node", name.as_str(), "no IPv4 InternalIP or public-ip; no route to its pods");
+            warnings.push(
+                "Node",
+                name.as_str(),
+                "no IPv4 InternalIP or public-ip; no route to its pods",
+            );
             continue;
         };
         let vtep_mac = match flannel_vtep(node) {

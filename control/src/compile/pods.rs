@@ -6,8 +6,8 @@
 //! interface comes from the environment by pod IP. Pods are taken in
 //! namespace/name order; `policy_slot` is the position in that list.
 
-use kxdp_dataplane::tables::{LocalPod, PodTable};
 use k8s_openapi::api::core::v1::Pod;
+use kxdp_dataplane::tables::{LocalPod, PodTable};
 
 use super::{CompileOptions, NodeEnvironment, Warnings};
 use crate::endpoints::{pod_ipv4, pod_is_terminal};
@@ -41,7 +41,11 @@ pub(super) fn pod_table(
         // Duplicates are dropped here rather than by PodTable::new so that
         // policy slots stay equal to table positions.
         if let Some(first) = by_ip.get(&ip) {
-            warnings.push("Pod", key, format!("pod IP {ip} is already used by {first}; skipped"));
+            warnings.push(
+                "Pod",
+                key,
+                format!("pod IP {ip} is already used by {first}; skipped"),
+            );
             continue;
         }
         let interface = env.pod_interfaces.get(&ip).cloned();
@@ -50,7 +54,10 @@ pub(super) fn pod_table(
                 warnings.push(
                     "Pod",
                     key,
-                    format!("interface {} (ifindex {}) is already used by {first}; skipped", i.name, i.ifindex),
+                    format!(
+                        "interface {} (ifindex {}) is already used by {first}; skipped",
+                        i.name, i.ifindex
+                    ),
                 );
                 continue;
             }

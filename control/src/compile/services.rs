@@ -113,7 +113,11 @@ fn parse_slice(
         let Some(port) = p.port else { continue };
         let (Some(proto), Ok(port)) = (parse_proto(p.protocol.as_deref()), u16::try_from(port))
         else {
-            warnings.push("EndpointSlice", name(), format!("port {port}/{:?} ignored", p.protocol));
+            warnings.push(
+                "EndpointSlice",
+                name(),
+                format!("port {port}/{:?} ignored", p.protocol),
+            );
             continue;
         };
         if port == 0 {
@@ -124,9 +128,15 @@ fn parse_slice(
     let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for ep in &slice.endpoints {
         // kube-proxy uses the first address only.
-        let Some(addr) = ep.addresses.first() else { continue };
+        let Some(addr) = ep.addresses.first() else {
+            continue;
+        };
         let Ok(ip) = addr.parse::<Ipv4Addr>() else {
-            warnings.push("EndpointSlice", name(), format!("address {addr:?} is not IPv4; ignored"));
+            warnings.push(
+                "EndpointSlice",
+                name(),
+                format!("address {addr:?} is not IPv4; ignored"),
+            );
             continue;
         };
         let c = ep.conditions.as_ref();
@@ -168,10 +178,18 @@ fn categorize(all: &[(EndpointInfo, u16)]) -> (Vec<Backend>, Vec<Backend>, bool)
 
 /// Endpoints of one ServicePort across the Service's slices, sorted by
 /// ip:port and deduplicated (a ready copy wins over a not-ready one).
-fn port_endpoints(slices: &[ParsedSlice], port_name: &str, proto: IpProto) -> Vec<(EndpointInfo, u16)> {
+fn port_endpoints(
+    slices: &[ParsedSlice],
+    port_name: &str,
+    proto: IpProto,
+) -> Vec<(EndpointInfo, u16)> {
     let mut out: Vec<(EndpointInfo, u16)> = Vec::new();
     for s in slices {
-        if let Some(&(_, _, port)) = s.ports.iter().find(|(n, p, _)| n == port_name && *p == proto) {
+        if let Some(&(_, _, port)) = s
+            .ports
+            .iter()
+            .find(|(n, p, _)| n == port_name && *p == proto)
+        {
             out.extend(s.endpoints.iter().map(|e| (*e, port)));
         }
     }
@@ -205,24 +223,38 @@ pub(super) fn service_table(
     // Index slices by (namespace, service); state slices in key order, then
     // derived ones (which only exist for Services without any).
     let mut index: FxHashMap<(&str, &str), Vec<&EndpointSlice>> = FxHashMap::default();
-    let state_slices = state.endpoint_slices.iter().map(|((ns, _), s)| (ns.as_str(), s));
+    let state_slices = state
+        .endpoint_slices
+        .iter()
+        .map(|((ns, _), s)| (ns.as_str(), s));
     let derived_slices = derived
         .iter()
         .map(|s| (s.metadata.namespace.as_deref().unwrap_or_default(), s));
     for (ns, s) in state_slices.chain(derived_slices) {
-        if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+        if let Some(svc) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        {
             index.entry((ns, svc.as_str())).or_default().push(s);
         }
     }
     let mut table = ServiceTable::new();
     for ((ns, name), svc) in &state.services {
-        let slices = index.get(&(ns.as_str(), name.as_str())).map(Vec::as_slice).unwrap_or(&[]);
+        let slices = index
+            .get(&(ns.as_str(), name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         compile_service(ns, name, svc, slices, node, opts, &mut table, warnings);
     }
     table
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 fn compile_service(
     ns: &str,
     name: &str,
@@ -239,7 +271,12 @@ fn compile_service(
         };
     }
 
-    if let Some(proxy) = svc.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL)) {
+    if let Some(proxy) = svc
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL))
+    {
         if opts.proxy_name.as_deref() != Some(proxy.as_str()) {
             return; // belongs to another proxy
         }
@@ -341,9 +378,14 @@ fn compile_service(
             }
         }
     };
-    let internal_local = policy("internalTrafficPolicy", spec.internal_traffic_policy.as_deref());
-    let external_local = policy("externalTrafficPolicy", spec.external_traffic_policy.as_deref())
-        && externally_accessible;
+    let internal_local = policy(
+        "internalTrafficPolicy",
+        spec.internal_traffic_policy.as_deref(),
+    );
+    let external_local = policy(
+        "externalTrafficPolicy",
+        spec.external_traffic_policy.as_deref(),
+    ) && externally_accessible;
 
     let affinity_timeout_secs = match spec.session_affinity.as_deref() {
         None | Some("None") => None,
@@ -400,9 +442,16 @@ fn compile_service(
     let svc_name: Arc<str> = name.into();
     for sp in ports {
         let port_name = sp.name.clone().unwrap_or_default();
-        let label = if port_name.is_empty() { sp.port.to_string() } else { port_name.clone() };
+        let label = if port_name.is_empty() {
+            sp.port.to_string()
+        } else {
+            port_name.clone()
+        };
         let Some(proto) = parse_proto(sp.protocol.as_deref()) else {
-            warn!("port {label}: protocol {:?} not supported; skipped", sp.protocol);
+            warn!(
+                "port {label}: protocol {:?} not supported; skipped",
+                sp.protocol
+            );
             continue;
         };
         let Some(port) = u16::try_from(sp.port).ok().filter(|p| *p != 0) else {
@@ -412,7 +461,9 @@ fn compile_service(
         let node_port = match sp.node_port.filter(|p| *p != 0) {
             None => {
                 if wants_node_port && !node_port_optional {
-                    warn!("port {label}: type {svc_type} without a nodePort; no NodePort programmed");
+                    warn!(
+                        "port {label}: type {svc_type} without a nodePort; no NodePort programmed"
+                    );
                 }
                 None
             }
@@ -454,7 +505,11 @@ fn compile_service(
         let frontends = cluster_ips
             .iter()
             .map(|ip| (*ip, FrontendKind::ClusterIp))
-            .chain(external_ips.iter().map(|ip| (*ip, FrontendKind::ExternalIp)))
+            .chain(
+                external_ips
+                    .iter()
+                    .map(|ip| (*ip, FrontendKind::ExternalIp)),
+            )
             .chain(lb_ips.iter().map(|ip| (*ip, FrontendKind::LoadBalancer)));
         for (ip, kind) in frontends {
             if let Err(e) = table.add_frontend(FrontendKey { ip, port, proto }, idx, kind) {

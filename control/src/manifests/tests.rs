@@ -340,7 +340,14 @@ fn directory_recursion_is_sorted_and_filters_extensions() {
     let files: Vec<String> = r
         .warnings
         .iter()
-        .map(|w| w.origin.file.strip_prefix(&d).unwrap().display().to_string())
+        .map(|w| {
+            w.origin
+                .file
+                .strip_prefix(&d)
+                .unwrap()
+                .display()
+                .to_string()
+        })
         .collect();
     assert_eq!(files, vec!["b/m.json", "b/nested/z.yml"]);
     assert_eq!(r.errors.len(), 1);

@@ -177,7 +177,11 @@ pub async fn register_node(client: Client, reg: &NodeRegistration) -> Result<(),
         .collect();
     let patch = serde_json::json!({ "metadata": { "annotations": annotations } });
     nodes
-        .patch(&reg.node_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            &reg.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
         .map_err(|source| KubeError::Register {
             node: reg.node_name.clone(),
@@ -274,9 +278,10 @@ pub fn start_kube_source(
                 }
             };
             rt.block_on(async move {
-                let client = match client_config(&connect).await.and_then(|c| {
-                    Client::try_from(c).map_err(KubeError::Client)
-                }) {
+                let client = match client_config(&connect)
+                    .await
+                    .and_then(|c| Client::try_from(c).map_err(KubeError::Client))
+                {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -315,13 +320,13 @@ async fn run(
             health.clone(),
         ));
     }
-    tasks.spawn(probe(
-        client.clone(),
-        config.probe_interval,
-        health.clone(),
-    ));
+    tasks.spawn(probe(client.clone(), config.probe_interval, health.clone()));
     if let Some(reg) = config.register.clone() {
-        tasks.spawn(register_with_retry(client.clone(), reg, config.backoff.clone()));
+        tasks.spawn(register_with_retry(
+            client.clone(),
+            reg,
+            config.backoff.clone(),
+        ));
     }
     // Runs until asked to stop (or the handle is dropped).
     let _ = shutdown.await;
@@ -395,8 +400,11 @@ async fn probe(client: Client, interval: Duration, health: Arc<HealthReporter>) 
     loop {
         tick.tick().await;
         let started = Instant::now();
-        match tokio::time::timeout(interval.max(Duration::from_secs(1)), client.apiserver_version())
-            .await
+        match tokio::time::timeout(
+            interval.max(Duration::from_secs(1)),
+            client.apiserver_version(),
+        )
+        .await
         {
             Ok(Ok(_)) => health.probe_ok(started),
             Ok(Err(e)) => {
@@ -483,7 +491,7 @@ async fn watch_kind(
                 true
             }
             Ok(Event::InitApply(raw)) => {
-                if let Some(obj) = decode_logged(kind, raw, &metrics).ok() {
+                if let Ok(obj) = decode_logged(kind, raw, &metrics) {
                     buffer.get_or_insert_with(Vec::new).push(obj);
                 }
                 true
@@ -492,9 +500,7 @@ async fn watch_kind(
                 lists += 1;
                 let objects = buffer.take().unwrap_or_default();
                 tracing::debug!(%kind, objects = objects.len(), "list complete");
-                events
-                    .send(SourceEvent::Relisted { kind, objects })
-                    .is_ok()
+                events.send(SourceEvent::Relisted { kind, objects }).is_ok()
             }
             Ok(Event::Apply(raw)) => match decode_logged(kind, raw, &metrics) {
                 Ok(obj) => events.send(SourceEvent::Apply(obj)).is_ok(),
@@ -597,7 +603,14 @@ pub fn strip(kind: Kind, value: &mut Value) {
             if let Some(status) = obj.get_mut("status") {
                 keep_fields(
                     Some(status),
-                    &["phase", "podIP", "podIPs", "hostIP", "hostIPs", "conditions"],
+                    &[
+                        "phase",
+                        "podIP",
+                        "podIPs",
+                        "hostIP",
+                        "hostIPs",
+                        "conditions",
+                    ],
                 );
                 if let Some(Value::Array(conds)) = status.get_mut("conditions") {
                     conds.retain(|c| c.get("type").and_then(Value::as_str) == Some("Ready"));
@@ -619,7 +632,9 @@ fn strip_metadata(meta: &mut Map<String, Value>) {
         )
     });
     if let Some(Value::Object(ann)) = meta.get_mut("annotations") {
-        ann.retain(|k, _| k.starts_with(FLANNEL_ANNOTATION_PREFIX) || k == LAST_CHANGE_TRIGGER_TIME);
+        ann.retain(|k, _| {
+            k.starts_with(FLANNEL_ANNOTATION_PREFIX) || k == LAST_CHANGE_TRIGGER_TIME
+        });
         if ann.is_empty() {
             meta.remove("annotations");
         }
@@ -741,7 +756,10 @@ mod tests {
         assert_eq!(spec.service_account_name, None);
         assert_eq!(spec.volumes, None);
         assert_eq!(spec.containers[0].image, None);
-        assert_eq!(spec.containers[0].ports.as_ref().unwrap()[0].container_port, 80);
+        assert_eq!(
+            spec.containers[0].ports.as_ref().unwrap()[0].container_port,
+            80
+        );
         let status = pod.status.unwrap();
         assert_eq!(status.start_time, None);
         let conds = status.conditions.unwrap();

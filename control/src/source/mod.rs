@@ -91,6 +91,10 @@ impl fmt::Display for Kind {
 
 /// One object of a kind kxdp programs from.
 #[derive(Clone, Debug, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "transient on the way into ClusterState, which stores them unboxed"
+)]
 pub enum Object {
     Namespace(Namespace),
     Node(Node),
@@ -143,6 +147,10 @@ pub fn object_key(kind: Kind, meta: &ObjectMeta) -> ObjectKey {
 
 /// What a source tells the runner.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "events are moved once through a channel; boxing would add an allocation per object"
+)]
 pub enum SourceEvent {
     /// An object was added or modified.
     Apply(Object),

@@ -1172,3 +1172,107 @@ fn batch_processing_matches_single_packets() {
     assert_eq!(p.stats.forwarded_pod, 1);
     assert_eq!(p.stats.to_host, 1);
 }
+
+// --- robustness -----------------------------------------------------------
+
+/// Invariants every verdict must keep, whatever the input: the frame stays
+/// inside its buffer, and a transmitted IPv4 frame has a valid header
+/// checksum and a consistent length.
+fn check_invariants(v: Verdict, out: &[u8]) {
+    if matches!(v, Verdict::Forward(_) | Verdict::Reply(..))
+        && out.len() >= 34
+        && out[12..14] == [0x08, 0x00]
+    {
+        let ip = crate::wire::Ipv4Packet::new_checked(&out[14..]).expect("transmitted IPv4 parses");
+        assert!(
+            ip.verify_checksum(),
+            "transmitted IPv4 header checksum must verify: {out:02x?}"
+        );
+        assert!(usize::from(ip.total_len()) + 14 <= out.len());
+    }
+}
+
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn seeds() -> Vec<(Vec<u8>, Ingress)> {
+        vec![
+            (
+                udp(A1_POD_MAC, A1_HOST_MAC, A1, A2, 64, 1, 2, b"hello"),
+                Ingress::Pod { ifindex: A1_IF },
+            ),
+            (
+                tcp(
+                    A1_POD_MAC,
+                    A1_HOST_MAC,
+                    A1,
+                    VIP_LOCAL,
+                    64,
+                    41000,
+                    80,
+                    "S",
+                    b"",
+                ),
+                Ingress::Pod { ifindex: A1_IF },
+            ),
+            (
+                udp(
+                    A1_POD_MAC,
+                    A1_HOST_MAC,
+                    A1,
+                    VIP_REMOTE,
+                    64,
+                    45000,
+                    53,
+                    b"dns?",
+                ),
+                Ingress::Pod { ifindex: A1_IF },
+            ),
+            (
+                vxlan_packet(
+                    NODE_B,
+                    NODE_A,
+                    1,
+                    &udp(VTEP_B_MAC, VTEP_A_MAC, B1, A1, 63, 5353, 45000, b"a"),
+                ),
+                Ingress::Uplink,
+            ),
+            (
+                tcp(
+                    CLIENT_MAC, UPLINK_MAC, CLIENT, NODE_A, 64, 50123, 30080, "S", b"",
+                ),
+                Ingress::Uplink,
+            ),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        /// Random bytes never panic and keep the invariants.
+        #[test]
+        fn random_frames_are_handled(bytes in proptest::collection::vec(any::<u8>(), 0..200), pod in any::<bool>()) {
+            let (t, mut p) = (tables(), pipeline());
+            let ingress = if pod { Ingress::Pod { ifindex: A1_IF } } else { Ingress::Uplink };
+            let (v, out, _) = run(&mut p, &t, SEC, &bytes, ingress);
+            check_invariants(v, &out);
+        }
+
+        /// Mutated and truncated real packets never panic and keep the
+        /// invariants; a shared conntrack carries state between them.
+        #[test]
+        fn mutated_packets_are_handled(seed in 0usize..5, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6), cut in any::<usize>()) {
+            let (t, mut p) = (tables(), pipeline());
+            let (mut bytes, ingress) = seeds().swap_remove(seed);
+            for (pos, val) in flips {
+                let i = pos % bytes.len();
+                bytes[i] = val;
+            }
+            let keep = bytes.len() - cut % 8;
+            bytes.truncate(keep);
+            let (v, out, _) = run(&mut p, &t, SEC, &bytes, ingress);
+            check_invariants(v, &out);
+        }
+    }
+}
