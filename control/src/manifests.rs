@@ -73,19 +73,19 @@ impl fmt::Display for Origin {
     }
 }
 
-/// `Kind namespace/name` as far as known, for messages.
+/// `Kind namespace/name: ` as far as known, for messages.
 fn describe(kind: Option<&str>, name: Option<&str>) -> String {
     match (kind, name) {
-        (Some(k), Some(n)) => format!("{k} {n}"),
-        (Some(k), None) => k.to_string(),
-        (None, Some(n)) => n.to_string(),
-        (None, None) => "object".to_string(),
+        (Some(k), Some(n)) => format!("{k} {n}: "),
+        (Some(k), None) => format!("{k}: "),
+        (None, Some(n)) => format!("{n}: "),
+        (None, None) => String::new(),
     }
 }
 
 /// An object that could not be loaded; the rest of the input still was.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{origin}: {}: {message}", describe(self.kind.as_deref(), self.name.as_deref()))]
+#[error("{origin}: {}{message}", describe(self.kind.as_deref(), self.name.as_deref()))]
 pub struct LoadError {
     pub origin: Origin,
     /// `kind` of the object, when it could be read.
@@ -108,7 +108,7 @@ impl fmt::Display for LoadWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {}: {}",
+            "{}: {}{}",
             self.origin,
             describe(self.kind.as_deref(), self.name.as_deref()),
             self.message
@@ -448,8 +448,12 @@ impl Loader {
                 item: None,
                 line: Some(doc.line),
             };
+            // Pad with the lines before the document so the parser's line
+            // numbers are the file's.
+            let mut text = "\n".repeat(doc.line.saturating_sub(1));
+            text.push_str(&doc.text);
             let parsed: Result<Value, _> =
-                serde_saphyr::from_str_with_options(&doc.text, yaml_options(doc.text.len()));
+                serde_saphyr::from_str_with_options(&text, yaml_options(text.len()));
             match parsed {
                 Ok(v) => self.add_document(origin, v),
                 Err(e) => self.report.errors.push(LoadError {
@@ -488,7 +492,7 @@ impl Loader {
 
     /// One top-level document: an object, a List of objects, or nothing.
     fn add_document(&mut self, origin: Origin, value: Value) {
-        let map = match value {
+        let mut map = match value {
             Value::Null => return,
             Value::Object(m) => m,
             other => {
@@ -523,11 +527,11 @@ impl Loader {
                     .unwrap_or("v1");
                 (k.to_string(), api.to_string())
             });
-        let items = match map.get("items") {
+        let items = match map.remove("items") {
             None | Some(Value::Null) => return,
-            Some(Value::Array(items)) => items.clone(),
+            Some(Value::Array(items)) => items,
             Some(other) => {
-                let what = json_type(other);
+                let what = json_type(&other);
                 self.error(
                     &origin,
                     Some(&kind),

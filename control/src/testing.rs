@@ -8,8 +8,8 @@
 //! ```text
 //!   Nodes node-0 .. node-{N-1}: InternalIP 192.168.k/256.(k%256) (+1),
 //!     podCIDR 10.244.k.0/24, Flannel VXLAN annotations
-//!   Pod i: namespace ns{i % namespaces}, on node-{i % nodes},
-//!     IP 10.244.{i % nodes}.{i / nodes + 2},
+//!   Pod i: namespace ns{i % namespaces}, on node-{(i / namespaces) % nodes}
+//!     (so every node has pods of every namespace), IP in that node's /24,
 //!     labels app=app{(i / 7) % apps}, tier=tier{i % 3}
 //!   Namespace n: label team=t{n % 10}
 //!   Service s: namespace ns{s % namespaces}, ClusterIP 10.96.0.0 + 1 + s,
@@ -72,7 +72,7 @@ pub enum SyntheticError {
     Nodes { nodes: usize },
     #[error("{namespaces} namespaces: at least 1 is needed")]
     Namespaces { namespaces: usize },
-    #[error("{pods} pods on {nodes} nodes: at most 253 per node fit a /24")]
+    #[error("{pods} pods on {nodes} nodes: more than 253 per node do not fit a /24 (pods are placed in rounds of one per namespace)")]
     PodsPerNode { pods: usize, nodes: usize },
     #[error("{services} Services: at most {MAX_SERVICES} fit 10.96.0.0/12")]
     Services { services: usize },
@@ -141,7 +141,10 @@ impl SyntheticCluster {
                 namespaces: self.namespaces,
             });
         }
-        if self.pods.div_ceil(self.nodes) > 253 {
+        // Highest host position: the last (possibly partial) round of
+        // blocks over the nodes, counted as full.
+        let rounds = self.pods.div_ceil(self.namespaces).div_ceil(self.nodes);
+        if self.pods > 0 && rounds * self.namespaces > 253 {
             return Err(SyntheticError::PodsPerNode {
                 pods: self.pods,
                 nodes: self.nodes,
@@ -188,15 +191,22 @@ impl SyntheticCluster {
         (Self::namespace(i % self.namespaces), format!("pod{i}"))
     }
 
-    /// The node pod `i` runs on.
+    /// The node pod `i` runs on: consecutive blocks of `namespaces` pods
+    /// (one per namespace) go to consecutive nodes, so every node hosts
+    /// pods of every namespace.
     pub fn pod_node(&self, i: usize) -> usize {
-        i % self.nodes
+        (i / self.namespaces) % self.nodes
+    }
+
+    /// Position of pod `i` among the pods of its node.
+    fn pod_host(&self, i: usize) -> usize {
+        (i / self.namespaces / self.nodes) * self.namespaces + i % self.namespaces
     }
 
     /// IP of pod `i`: inside its node's podCIDR.
     pub fn pod_ip(&self, i: usize) -> Ipv4Addr {
         let node = self.pod_node(i) as u32;
-        let host = (i / self.nodes) as u32 + 2;
+        let host = self.pod_host(i) as u32 + 2;
         Ipv4Addr::from(0x0af4_0000u32 | (node << 8) | host)
     }
 

@@ -185,7 +185,16 @@ metadata: {{name: ok}}
     assert!(r.state.namespaces.contains_key("ok"));
     assert_eq!(r.errors.len(), 1);
     assert_eq!(r.errors[0].origin.doc, Some(1));
-    assert!(r.errors[0].message.starts_with("invalid YAML"));
+    let e = &r.errors[0];
+    assert!(e.message.starts_with("invalid YAML"), "{e}");
+    // Line numbers are the file's, not the document's.
+    assert_eq!(e.origin.line, Some(11));
+    assert!(e.message.contains("line 13"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("test.yaml: document 1 (line 11): invalid YAML"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -115,9 +115,10 @@ pub struct ServicePort {
     pub cluster: BackendSet,
     /// Usable endpoints on this node (ready, else serving+terminating).
     pub local: BackendSet,
-    /// True when the Service has any endpoint at all (even unusable ones).
-    /// kube-proxy rejects when there is none, drops when only the traffic
-    /// policy leaves none.
+    /// True when some endpoint anywhere is usable (ready, or serving and
+    /// terminating) — kube-proxy's `hasAnyEndpoints`. Without one, new
+    /// connections are rejected; with one but none allowed by a Local
+    /// traffic policy, they are dropped.
     pub has_endpoints: bool,
     /// healthCheckNodePort for eTP=Local LoadBalancer Services.
     pub health_check_node_port: Option<u16>,
