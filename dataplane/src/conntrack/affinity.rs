@@ -422,4 +422,84 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t.iter().count(), 1);
     }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert {
+            c: u8,
+            svc: u32,
+            b: u8,
+            timeout_s: u64,
+        },
+        Lookup {
+            c: u8,
+            svc: u32,
+            timeout_s: u64,
+        },
+        Flush {
+            b: u8,
+        },
+        Gc,
+        Advance {
+            s: u64,
+        },
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (0..6u8, 0..2u32, 0..3u8, 5..15u64)
+                .prop_map(|(c, svc, b, timeout_s)| Op::Insert { c, svc, b, timeout_s }),
+            3 => (0..6u8, 0..2u32, 5..15u64)
+                .prop_map(|(c, svc, timeout_s)| Op::Lookup { c, svc, timeout_s }),
+            1 => (0..3u8).prop_map(|b| Op::Flush { b }),
+            1 => Just(Op::Gc),
+            2 => (1..12u64).prop_map(|s| Op::Advance { s }),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn behaves_like_a_map(ops in proptest::collection::vec(op(), 1..60)) {
+            // Oracle: (client, svc) -> (backend, last used, stored timeout).
+            let mut model = std::collections::HashMap::<(u8, u32), (u8, u64, u64)>::new();
+            let t = AffinityTable::new(6, Some(9));
+            let mut now = 100 * S;
+            for op in ops {
+                match op {
+                    Op::Insert { c, svc, b, timeout_s } => {
+                        let full = model.len() >= 6 && !model.contains_key(&(c, svc));
+                        let got = t.insert(ip(c), svc, ip(100 + b), 80, now, timeout_s * S);
+                        proptest::prop_assert_eq!(got.is_err(), full);
+                        if !full {
+                            model.insert((c, svc), (b, now, timeout_s * S));
+                        }
+                    }
+                    Op::Lookup { c, svc, timeout_s } => {
+                        let want = match model.get_mut(&(c, svc)) {
+                            Some((b, last, _)) if now - *last < timeout_s * S => {
+                                *last = now;
+                                Some((ip(100 + *b), 80))
+                            }
+                            _ => None,
+                        };
+                        proptest::prop_assert_eq!(t.lookup(ip(c), svc, now, timeout_s * S), want);
+                    }
+                    Op::Flush { b } => {
+                        let before = model.len();
+                        model.retain(|_, v| v.0 != b);
+                        proptest::prop_assert_eq!(t.flush_backend(ip(100 + b), 80), before - model.len());
+                    }
+                    Op::Gc => {
+                        let before = model.len();
+                        model.retain(|_, (_, last, timeout)| now - *last < *timeout);
+                        proptest::prop_assert_eq!(t.gc(now, usize::MAX).freed, before - model.len());
+                    }
+                    Op::Advance { s } => now += s * S,
+                }
+                proptest::prop_assert_eq!(t.len(), model.len());
+                proptest::prop_assert_eq!(t.iter().count(), model.len());
+            }
+        }
+    }
 }

@@ -41,9 +41,9 @@
 //!
 //! # Layout
 //!
-//! A [`slots`] table of `2^n >= 4 x capacity` slots (so tuples fill at
-//! most half of it) with linear probing inside a window of 32 slots. A
-//! connection takes two slots:
+//! A slot table (private module `slots`) of `2^n >= 4 x capacity` slots,
+//! so tuples fill at most half of it, with linear probing inside a window of
+//! 32 slots. A connection takes two slots:
 //!
 //! ```text
 //!  ORIGINAL slot (the entry)                     REPLY slot (an index entry)
@@ -58,7 +58,8 @@
 //! # Memory ordering
 //!
 //! Every slot has a control word (state, kind, hash tag, 40-bit version) that
-//! acts as its seqlock; see [`slots`] for the life cycle. The argument:
+//! acts as its seqlock; the private `slots` module documents its life cycle.
+//! The argument:
 //!
 //! 1. **Claim.** A writer takes an `EMPTY` slot with a SeqCst CAS that also
 //!    bumps the version. Only the winner writes the slot's data; a loser
@@ -81,6 +82,10 @@
 //!    that inserter's scan in the single SeqCst order, so of two racing
 //!    inserters at least one sees the other (the Dekker pattern): both may
 //!    back off (reported as [`CommitError::Busy`]), both can never win.
+//!    A reply slot also carries a copy of its original tuple, so an
+//!    inserter that finds its reply tuple taken can tell a racing commit of
+//!    the same connection (`Exists`/`Busy`) from a real masquerade
+//!    collision (`ReplyTupleInUse`).
 //!    Only then does the owner store `OCCUPIED`: reply slot first, original
 //!    slot second, so a live original always has a live reply slot.
 //! 5. **Remove.** GC, `remove` and `flush_matching` lock the original slot

@@ -31,13 +31,12 @@
 //! slot moves it further; every move is one atomic CAS/store):
 //!
 //! ```text
-//!            claim (CAS, version+1)        publish            unique
-//!   EMPTY ------------------------> CLAIMED --------> PENDING -------> OCCUPIED
-//!     ^                               |                  |  rival seen     |  ^
-//!     |        abort                  |                  |                 |  | restore
-//!     +-------------------------------+------------------+      lock (CAS) v  |
-//!     +------------------------------------------------------------------- LOCKED
-//!                                free
+//!          claim: CAS, version+1          publish              no rival
+//!   EMPTY -----------------------> CLAIMED -------> PENDING ------------> OCCUPIED
+//!     ^  ^                            |                |                   |    ^
+//!     |  +---- abort -----------------+                |       lock: CAS   |    | restore
+//!     |  +---- rival seen: back off -------------------+                   v    |
+//!     +------------------------------- free -------------------------- LOCKED --+
 //! ```
 //!
 //! Readers see `OCCUPIED` and `LOCKED` slots as live entries, skip the rest
@@ -430,12 +429,6 @@ impl<const W: usize> SlotTable<W> {
         Rival::None
     }
 
-    /// Seqlock read of slot `idx` if its data is complete (pending or live).
-    pub(crate) fn read_settled(&self, idx: usize) -> Option<Snapshot<W>> {
-        let first = self.ctrl(idx)?;
-        self.read_from(idx, first, Ctrl::is_settled)
-    }
-
     /// Hands out the next `budget` slots of the incremental sweep. Disjoint
     /// between concurrent callers. `pass_complete` is true for the call whose
     /// range reaches the last slot of the table.
@@ -526,7 +519,6 @@ mod tests {
         assert!(matches!(t.rival(key, h, idx2, idx2), Rival::Found(s) if s.words[2] == 99));
         // ... and the first, had it still been pending, would see the second.
         assert!(matches!(t.rival(key, h, idx, idx), Rival::Found(s) if s.words[2] == 5));
-        assert_eq!(t.read_settled(idx2).map(|s| s.words[2]), Some(5));
         t.transition(idx2, c2, SlotState::Empty).expect("owner");
         // Lock, stale-CAS refusal, free.
         let l = t.transition(idx, c, SlotState::Locked).expect("occupied");
