@@ -1,6 +1,8 @@
 //! The `kxdp` binary: one entry point for the daemon, the demo and the tools.
 #![forbid(unsafe_code)]
 
+mod host;
+mod run;
 mod trace;
 
 use std::process::ExitCode;
@@ -20,12 +22,16 @@ enum Command {
     /// Run one synthesized packet (or a batch) through the pipeline against
     /// tables compiled from manifests, and print each stage's decision.
     Trace(trace::TraceArgs),
+    /// Run the node dataplane: AF_XDP workers fed by the XDP steering
+    /// program, tables compiled from manifests and the host's interfaces.
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Trace(args) => trace::run(args),
+        Command::Run(args) => run::run(args),
     };
     match result {
         Ok(code) => code,

@@ -391,10 +391,6 @@ fn build_probe(ctx: &TraceContext, probe: &Probe) -> Result<(Vec<u8>, Ingress, I
     Ok((frame, Ingress::Uplink, ip_proto, sport, dport))
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "packet fields are clearer as arguments than as a one-use struct"
-)]
 fn l4_frame(
     src_mac: MacAddr,
     dst_mac: MacAddr,

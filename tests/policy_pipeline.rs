@@ -62,7 +62,7 @@ impl Node {
     }
 
     /// Send a TCP segment from local pod `src` (its own veth).
-    fn from_pod(
+    fn send_from_pod(
         &mut self,
         src: Ipv4Addr,
         dst: Ipv4Addr,
@@ -154,7 +154,7 @@ fn db_ifindex(n: &Node) -> u32 {
 fn backend_reaches_db_through_its_service_and_the_trace_names_the_rule() {
     let s = state();
     let mut n = Node::new(&s);
-    let (v, out, tr) = n.from_pod(BACKEND, DB_VIP, 40000, 5432, "S", SEC);
+    let (v, out, tr) = n.send_from_pod(BACKEND, DB_VIP, 40000, 5432, "S", SEC);
     assert_eq!(
         v,
         Verdict::Forward(Egress::Pod {
@@ -192,7 +192,7 @@ fn ones_sum(b: &[u8]) -> u16 {
 fn frontend_is_denied_by_dbs_ingress_policy() {
     let s = state();
     let mut n = Node::new(&s);
-    let (v, _, tr) = n.from_pod(FRONTEND, DB, 40000, 5432, "S", SEC);
+    let (v, _, tr) = n.send_from_pod(FRONTEND, DB, 40000, 5432, "S", SEC);
     assert_eq!(v, Verdict::Drop(DropReason::PolicyDeniedIngress), "{tr:#?}");
     assert_eq!(
         n.pipeline.stats.drops.get(DropReason::PolicyDeniedIngress),
@@ -209,10 +209,10 @@ fn frontend_is_denied_by_dbs_ingress_policy() {
 fn tools_is_denied_by_its_own_egress_policy() {
     let s = state();
     let mut n = Node::new(&s);
-    let (v, _, tr) = n.from_pod(TOOLS, DB, 40000, 5432, "S", SEC);
+    let (v, _, tr) = n.send_from_pod(TOOLS, DB, 40000, 5432, "S", SEC);
     assert_eq!(v, Verdict::Drop(DropReason::PolicyDeniedEgress), "{tr:#?}");
     // Its allowed egress (UDP 53) still works toward a non-isolated pod.
-    let (v, _, tr) = n.from_pod(TOOLS, BACKEND, 40001, 80, "S", SEC);
+    let (v, _, tr) = n.send_from_pod(TOOLS, BACKEND, 40001, 80, "S", SEC);
     assert_eq!(
         v,
         Verdict::Drop(DropReason::PolicyDeniedEgress),
@@ -224,8 +224,8 @@ fn tools_is_denied_by_its_own_egress_policy() {
 fn replies_of_an_allowed_connection_pass_without_a_policy_check() {
     let s = state();
     let mut n = Node::new(&s);
-    n.from_pod(BACKEND, DB, 40000, 5432, "S", SEC);
-    let (v, _, tr) = n.from_pod(DB, BACKEND, 5432, 40000, "SA", 2 * SEC);
+    n.send_from_pod(BACKEND, DB, 40000, 5432, "S", SEC);
+    let (v, _, tr) = n.send_from_pod(DB, BACKEND, 5432, 40000, "SA", 2 * SEC);
     assert!(
         matches!(v, Verdict::Forward(Egress::Pod { .. })),
         "{v:?} {tr:#?}"
@@ -271,9 +271,9 @@ fn a_remote_backend_over_vxlan_is_admitted_by_pod_selector() {
 fn revoking_access_ends_the_established_connection() {
     let mut s = state();
     let mut n = Node::new(&s);
-    let (v, _, _) = n.from_pod(BACKEND, DB, 40000, 5432, "S", SEC);
+    let (v, _, _) = n.send_from_pod(BACKEND, DB, 40000, 5432, "S", SEC);
     assert!(matches!(v, Verdict::Forward(_)));
-    n.from_pod(DB, BACKEND, 5432, 40000, "SA", 2 * SEC);
+    n.send_from_pod(DB, BACKEND, 5432, 40000, "SA", 2 * SEC);
     assert_eq!(n.pipeline.conntrack().len(), 1);
 
     // The policy now admits role=admin only.
@@ -288,7 +288,7 @@ fn revoking_access_ends_the_established_connection() {
     assert_eq!(removed, 1, "the backend->db connection is revoked");
 
     // The next segment of that connection is a new flow, and denied.
-    let (v, _, tr) = n.from_pod(BACKEND, DB, 40000, 5432, "A", 3 * SEC);
+    let (v, _, tr) = n.send_from_pod(BACKEND, DB, 40000, 5432, "A", 3 * SEC);
     assert_eq!(v, Verdict::Drop(DropReason::PolicyDeniedIngress), "{tr:#?}");
 }
 
@@ -296,7 +296,7 @@ fn revoking_access_ends_the_established_connection() {
 fn unrelated_connections_survive_a_policy_change() {
     let mut s = state();
     let mut n = Node::new(&s);
-    n.from_pod(FRONTEND, BACKEND, 40000, 80, "S", SEC);
+    n.send_from_pod(FRONTEND, BACKEND, 40000, 80, "S", SEC);
     s.network_policies
         .remove(&("default".to_string(), "tools-dns-only".to_string()));
     n.tables = tables(&s, 2);

@@ -5,9 +5,11 @@
 //! - [`conntrack`]: the shared, bounded connection tracker.
 //! - [`pipeline`]: the per-packet stages; one function shows their order.
 //! - [`io`]: ports (AF_XDP on a shared UMEM, in-memory for tests).
+//! - [`worker`]: the loop from ports through the pipeline and back.
 //! - [`drop_reason`]: stable drop codes shared by counters, traces and tools.
 //!
-//! Nothing here reads the clock or touches a socket except [`io`]: the
+//! Nothing here reads the clock or touches a socket except [`io`] and
+//! [`worker`] (which reads the monotonic clock once per batch): the
 //! pipeline takes `now` and a batch, and returns verdicts.
 
 pub mod conntrack;
@@ -16,5 +18,6 @@ pub mod io;
 pub mod pipeline;
 pub mod tables;
 pub mod wire;
+pub mod worker;
 
 pub use drop_reason::DropReason;

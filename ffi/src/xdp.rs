@@ -823,7 +823,7 @@ mod tests {
         for _ in 0..2000 {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
             let n = (x >> 16) % 5 + 1;
-            if x % 3 == 0 && !live.is_empty() {
+            if x.is_multiple_of(3) && !live.is_empty() {
                 let (s, l) = live.swap_remove((x as usize >> 8) % live.len());
                 for i in s..s + l {
                     used[i as usize] = false;

@@ -5,4 +5,5 @@
     reason = "each test binary uses a different subset of the helpers"
 )]
 
+pub mod kxdp;
 pub mod topology;

@@ -1,0 +1,436 @@
+//! Control-plane scale benchmark (issue 5): compile and publish a large
+//! cluster, then measure how long one endpoint change takes to reach a
+//! reader of the published tables.
+//!
+//! ```text
+//! compile_scale [SHAPE] all      # default: --runs fresh `initial` processes, then `changes`
+//! compile_scale [SHAPE] initial  # one process: time + peak memory of the first compile
+//! compile_scale [SHAPE] changes  # N endpoint changes -> generation seen by a reader thread
+//! SHAPE: --services 30000 --endpoints 10 --pods 10000 --policies 1000 --nodes 100 --namespaces 100
+//! ```
+//!
+//! What is measured, exactly:
+//! - `initial`: in a fresh process, [`SyntheticCluster::state`] is built
+//!   (not timed as part of the compile: in the daemon the watchers fill it),
+//!   then `kxdp_control::compile::compile` for node-0 (Services, EndpointSlices,
+//!   pods, routes, NetworkPolicy) and `publication` of the result. Peak
+//!   memory is the process's `VmHWM` — it includes the `ClusterState` (the
+//!   watchers' object cache, which the daemon holds too) and is also given
+//!   for the state alone.
+//! - `changes`: one EndpointSlice of a different Service per change gets
+//!   one endpoint not ready; the clock starts before the state is edited
+//!   and stops when a reader thread (standing in for a worker, polling
+//!   `TableReader::load` like a worker does once per batch) sees the new
+//!   generation. Each change is a *full* `compile` — the path `kxdp run`
+//!   takes today; the runner's coalescing interval (`min_interval`) is not
+//!   included.
+//!
+//! Each subcommand prints one JSON line; `all` aggregates them (median of
+//! the runs) and prints a Markdown table.
+
+use std::process::Command;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use kxdp_bench::stats::{median, percentile, self_status_kib, ProcStatusError};
+use kxdp_control::compile::{compile, CompileError, CompileOptions, NodeEnvironment};
+use kxdp_control::testing::{SyntheticCluster, SyntheticError};
+use kxdp_dataplane::tables::{publication, IpProto};
+use serde::{Deserialize, Serialize};
+
+const NODE: &str = "node-0";
+
+#[derive(Parser)]
+#[command(about = "kxdp control-plane scale benchmark (compile, publish, one change)")]
+struct Cli {
+    #[command(flatten)]
+    shape: Shape,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Args, Clone, Copy, Debug)]
+struct Shape {
+    #[arg(long, default_value_t = 30_000)]
+    services: usize,
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    #[arg(long, default_value_t = 1_000)]
+    policies: usize,
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    #[arg(long, default_value_t = 100)]
+    namespaces: usize,
+}
+
+impl Shape {
+    fn cluster(&self) -> SyntheticCluster {
+        SyntheticCluster {
+            nodes: self.nodes,
+            namespaces: self.namespaces,
+            pods: self.pods,
+            services: self.services,
+            endpoints_per_service: self.endpoints,
+            policies: self.policies,
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        [
+            ("--services", self.services),
+            ("--endpoints", self.endpoints),
+            ("--pods", self.pods),
+            ("--policies", self.policies),
+            ("--nodes", self.nodes),
+            ("--namespaces", self.namespaces),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+        .collect()
+    }
+}
+
+#[derive(Subcommand, Clone, Copy, Debug)]
+enum Cmd {
+    /// Fresh processes: `runs` x initial, then one `changes` run.
+    All {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value_t = 50)]
+        changes: usize,
+    },
+    /// Time and peak memory of the first compile + publish.
+    Initial,
+    /// Endpoint change -> new generation seen by a reader.
+    Changes {
+        #[arg(long, default_value_t = 50)]
+        changes: usize,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    #[error("synthetic cluster: {0}")]
+    Synthetic(#[from] SyntheticError),
+    #[error("compile: {0}")]
+    Compile(#[from] CompileError),
+    #[error("{0}")]
+    Proc(#[from] ProcStatusError),
+    #[error("running {what}: {source}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} failed ({status}): {stderr}")]
+    Child {
+        what: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("{what} printed no result line: {source}")]
+    Output {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("check failed: {0}")]
+    Check(String),
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct InitialResult {
+    state_build_s: f64,
+    compile_s: f64,
+    publish_s: f64,
+    /// compile + publish
+    total_s: f64,
+    /// VmHWM after the state was built (before compiling).
+    hwm_state_kib: u64,
+    /// VmHWM after compile + publish: the peak of the whole run.
+    hwm_kib: u64,
+    rss_kib: u64,
+    warnings: usize,
+    frontends: usize,
+    local_pods: usize,
+    policy_slots: usize,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct ChangesResult {
+    changes: usize,
+    /// Edit -> `compile` returned.
+    compile_p50_ms: f64,
+    compile_p99_ms: f64,
+    /// Edit -> reader saw the generation.
+    visible_p50_ms: f64,
+    visible_p99_ms: f64,
+    visible_max_ms: f64,
+    hwm_kib: u64,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn initial(shape: &Shape) -> Result<InitialResult, BenchError> {
+    let cluster = shape.cluster();
+    let t = Instant::now();
+    let state = cluster.state()?;
+    let env = NodeEnvironment::synthetic(&state, NODE);
+    let state_build = t.elapsed();
+    let hwm_state_kib = self_status_kib("VmHWM")?;
+
+    let opts = CompileOptions::new(NODE);
+    let t0 = Instant::now();
+    let out = compile(&state, &env, &opts, 1)?;
+    let compiled = t0.elapsed();
+    let warnings = out.warnings.len();
+    let (publisher, reader) = publication(out.tables);
+    let total = t0.elapsed();
+    let hwm_kib = self_status_kib("VmHWM")?;
+    let rss_kib = self_status_kib("VmRSS")?;
+
+    let tables = reader.load();
+    if tables.generation != 1 {
+        return Err(BenchError::Check(format!(
+            "reader sees generation {}",
+            tables.generation
+        )));
+    }
+    let result = InitialResult {
+        state_build_s: state_build.as_secs_f64(),
+        compile_s: compiled.as_secs_f64(),
+        publish_s: (total - compiled).as_secs_f64(),
+        total_s: total.as_secs_f64(),
+        hwm_state_kib,
+        hwm_kib,
+        rss_kib,
+        warnings,
+        frontends: tables.services.frontend_count(),
+        local_pods: tables.pods.len(),
+        policy_slots: tables.policy.slots().len(),
+    };
+    drop(tables);
+    drop(publisher);
+    Ok(result)
+}
+
+fn changes(shape: &Shape, n: usize) -> Result<ChangesResult, BenchError> {
+    let cluster = shape.cluster();
+    if cluster.services == 0 || cluster.endpoints_per_service < 2 {
+        return Err(BenchError::Check(
+            "changes need Services with at least 2 endpoints".into(),
+        ));
+    }
+    let mut state = cluster.state()?;
+    let env = NodeEnvironment::synthetic(&state, NODE);
+    let opts = CompileOptions::new(NODE);
+    let first = compile(&state, &env, &opts, 1)?;
+    let (publisher, reader) = publication(first.tables);
+
+    // The reader: what a worker does between batches.
+    let (tx, rx) = mpsc::channel::<(u64, Instant)>();
+    let last_generation = n as u64 + 1;
+    let watcher = thread::spawn(move || {
+        let mut seen = 1;
+        while seen < last_generation {
+            let g = reader.load().generation;
+            if g != seen {
+                seen = g;
+                if tx.send((g, Instant::now())).is_err() {
+                    return;
+                }
+            } else {
+                thread::yield_now();
+            }
+        }
+    });
+
+    let mut compile_times = Vec::with_capacity(n);
+    let mut visible = Vec::with_capacity(n);
+    for k in 1..=n {
+        // A different Service each time, spread over the namespaces.
+        let s = (k * 7919) % cluster.services;
+        let e = k % cluster.endpoints_per_service;
+        let slice = cluster.endpoint_slice_with(s, Some(e));
+        let (ns, name) = cluster.service_key(s);
+        let generation = k as u64 + 1;
+
+        let t0 = Instant::now();
+        state
+            .endpoint_slices
+            .insert((ns, format!("{name}-0")), slice);
+        let out = compile(&state, &env, &opts, generation)?;
+        compile_times.push(t0.elapsed());
+        publisher.publish(out.tables);
+        let (g, at) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|e| BenchError::Check(format!("reader did not report: {e}")))?;
+        if g != generation {
+            return Err(BenchError::Check(format!(
+                "reader saw generation {g}, expected {generation}"
+            )));
+        }
+        visible.push(at.duration_since(t0));
+
+        // The change is in the published tables: one backend fewer.
+        let tables = publisher.current();
+        let backends = tables
+            .services
+            .lookup(SyntheticCluster::service_ip(s), 80, IpProto::Tcp, false)
+            .and_then(|f| tables.services.port(f.service_port))
+            .map(|p| p.cluster.backends.len());
+        if backends != Some(cluster.endpoints_per_service - 1) {
+            return Err(BenchError::Check(format!(
+                "Service {s}: {backends:?} backends after the change"
+            )));
+        }
+        // Restore it (outside the clock), so each change is one endpoint
+        // of an otherwise unchanged cluster; a full compile picks the
+        // restore up with the next change.
+        let (ns, name) = cluster.service_key(s);
+        state
+            .endpoint_slices
+            .insert((ns, format!("{name}-0")), cluster.endpoint_slice_with(s, None));
+    }
+    watcher
+        .join()
+        .map_err(|_| BenchError::Check("reader thread panicked".into()))?;
+    let p = |v: &[Duration], q| percentile(v, q).map(ms).unwrap_or(f64::NAN);
+    Ok(ChangesResult {
+        changes: n,
+        compile_p50_ms: p(&compile_times, 50.0),
+        compile_p99_ms: p(&compile_times, 99.0),
+        visible_p50_ms: p(&visible, 50.0),
+        visible_p99_ms: p(&visible, 99.0),
+        visible_max_ms: p(&visible, 100.0),
+        hwm_kib: self_status_kib("VmHWM")?,
+    })
+}
+
+/// Run this binary again with `args` and parse its last stdout line.
+fn child<T: for<'de> Deserialize<'de>>(shape: &Shape, args: &[&str]) -> Result<T, BenchError> {
+    let what = format!("compile_scale {}", args.join(" "));
+    let exe = std::env::current_exe().map_err(|source| BenchError::Spawn {
+        what: what.clone(),
+        source,
+    })?;
+    let out = Command::new(exe)
+        .args(shape.args())
+        .args(args)
+        .output()
+        .map_err(|source| BenchError::Spawn {
+            what: what.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(BenchError::Child {
+            what,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|source| BenchError::Output { what, source })
+}
+
+fn all(shape: &Shape, runs: usize, n: usize) -> Result<(), BenchError> {
+    let mut initials = Vec::new();
+    for i in 0..runs.max(1) {
+        let r: InitialResult = child(shape, &["initial"])?;
+        eprintln!(
+            "initial run {}: compile+publish {:.3} s, VmHWM {} MiB",
+            i + 1,
+            r.total_s,
+            r.hwm_kib / 1024
+        );
+        initials.push(r);
+    }
+    let ch: ChangesResult = child(shape, &["changes", "--changes", &n.to_string()])?;
+    let med = |f: &dyn Fn(&InitialResult) -> f64| {
+        median(&initials.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+    };
+    let mib = |kib: f64| kib / 1024.0;
+    let first = &initials[0];
+    println!(
+        "shape: {} Services x {} endpoints, {} pods on {} nodes, {} policies; node-0: {} frontends, {} local pods, {} warnings",
+        shape.services,
+        shape.endpoints,
+        shape.pods,
+        shape.nodes,
+        shape.policies,
+        first.frontends,
+        first.local_pods,
+        first.warnings
+    );
+    println!();
+    println!("| metric | value | target |");
+    println!("|---|---|---|");
+    println!(
+        "| initial compile + publish (median of {}) | {:.3} s (min {:.3}, max {:.3}) | <= 2 s |",
+        initials.len(),
+        med(&|r| r.total_s),
+        initials.iter().map(|r| r.total_s).fold(f64::INFINITY, f64::min),
+        initials.iter().map(|r| r.total_s).fold(0.0, f64::max),
+    );
+    println!(
+        "| building the synthetic state (not in the target) | {:.3} s | - |",
+        med(&|r| r.state_build_s)
+    );
+    println!(
+        "| peak memory VmHWM, whole process (median) | {:.0} MiB | <= 1024 MiB |",
+        mib(med(&|r| r.hwm_kib as f64))
+    );
+    println!(
+        "| of which ClusterState alone (VmHWM before compiling) | {:.0} MiB | - |",
+        mib(med(&|r| r.hwm_state_kib as f64))
+    );
+    println!(
+        "| one endpoint change -> compile done, p50 / p99 ({} changes) | {:.1} / {:.1} ms | - |",
+        ch.changes, ch.compile_p50_ms, ch.compile_p99_ms
+    );
+    println!(
+        "| one endpoint change -> visible to a reader, p50 / p99 / max | {:.1} / {:.1} / {:.1} ms | p99 <= 10 ms |",
+        ch.visible_p50_ms, ch.visible_p99_ms, ch.visible_max_ms
+    );
+    println!(
+        "| peak memory VmHWM during the changes run | {:.0} MiB | <= 1024 MiB |",
+        mib(ch.hwm_kib as f64)
+    );
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let cmd = cli.cmd.unwrap_or(Cmd::All {
+        runs: 5,
+        changes: 50,
+    });
+    let result = match cmd {
+        Cmd::All { runs, changes: n } => all(&cli.shape, runs, n),
+        Cmd::Initial => initial(&cli.shape).and_then(|r| print_json(&r)),
+        Cmd::Changes { changes: n } => changes(&cli.shape, n).and_then(|r| print_json(&r)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("compile_scale: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json<T: Serialize>(r: &T) -> Result<(), BenchError> {
+    let line = serde_json::to_string(r).map_err(|source| BenchError::Output {
+        what: "serialising the result".into(),
+        source,
+    })?;
+    println!("{line}");
+    Ok(())
+}

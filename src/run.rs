@@ -1,0 +1,1023 @@
+//! `kxdp run`: the node daemon.
+//!
+//! ```text
+//!  manifests (watched) ─► sync runner ─► compile(state, host env) ─► TableSlot
+//!                                 ▲                                   │ load per batch
+//!  main thread, every 100 ms:     │ host changed                      ▼
+//!    conntrack / affinity GC      │ (trigger)                   worker thread(s)
+//!    every --rescan-ms: host scan ┘ (uplink, pod veths, neighbours)  AF_XDP sockets
+//!      attach/detach pod veths, open/close their sockets ──────────►  on one UMEM
+//!    after each publish: steering maps (frontends, NodePorts, pod IPs, masquerade)
+//!    SIGINT/SIGTERM: stop workers (sockets close), detach, unpin
+//! ```
+//!
+//! # Host requirements
+//!
+//! - Run it in the node's network namespace (the tests use
+//!   `ip netns exec NODE kxdp run ...`); it attaches XDP programs to
+//!   `--uplink` and to every interface a /32 host route to a pod IP points
+//!   at (DESIGN §4), and to nothing else.
+//! - iproute2 (`ip`) for host discovery (see [`crate::host`]).
+//! - Kernel senders on veth leave L4 checksums to offload
+//!   (CHECKSUM_PARTIAL); frames redirected to AF_XDP carry only the bytes,
+//!   so every sender whose traffic reaches kxdp must compute checksums in
+//!   software: `ethtool -K eth0 tx off` inside each pod (and on underlay
+//!   senders that are veths). Real NICs finish checksums on the wire.
+//! - The masquerade port range (`--masquerade-ports`, default 61000-65535)
+//!   must not overlap the node's own ephemeral ports
+//!   (`net.ipv4.ip_local_port_range`, Linux default 32768-60999): replies to
+//!   those ports on the uplink are steered to kxdp.
+//!
+//! # Known limits
+//!
+//! - One worker: frames of one worker's UMEM can only leave through that
+//!   worker's sockets, and every interface's queue belongs to one UMEM, so
+//!   several workers need a cross-worker hand-off that does not exist yet.
+//!   `--workers` other than 1 is refused.
+//! - `ToHost` frames from pod veths (a pod talking to its node beyond ping
+//!   and ARP of the gateway) are counted and dropped (see
+//!   `kxdp_dataplane::worker`).
+//! - Host changes trigger a recompile by re-applying this node's Node
+//!   object with the annotation [`HOST_SCAN_ANNOTATION`] (the runner has no
+//!   "recompile now" request yet).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, ValueEnum};
+use k8s_openapi::api::core::v1::Node;
+
+use kxdp_control::admin::{start_admin, AdminState};
+use kxdp_control::compile::{compile, CompileOptions, NodeEnvironment};
+use kxdp_control::metrics::{Metrics, PacketCounters};
+use kxdp_control::policy::compile_policies;
+use kxdp_control::runner::{
+    spawn_runner, CompileInput, PublishEvent, RunnerConfig, Shared, Status, TableSlot,
+};
+use kxdp_control::source::files::{start_manifests_source, ManifestsConfig};
+use kxdp_control::source::{self, Object, SourceEvent};
+use kxdp_dataplane::conntrack::{AffinityTable, Conntrack, CtConfig};
+use kxdp_dataplane::io::afxdp::ring::CoreLimits;
+use kxdp_dataplane::io::afxdp::{BindMode, HugePages, PortConfig, StoreConfig, XskStore};
+use kxdp_dataplane::pipeline::Ingress;
+use kxdp_dataplane::tables::{
+    publication, IpProto, LocalPod, NeighbourTable, NodeConfig, PodTable, PolicyTable, RouteTable,
+    ServiceTable, TableReader, TableSet, VxlanConfig,
+};
+use kxdp_dataplane::worker::afxdp::AfXdpFactory;
+use kxdp_dataplane::worker::stats::merge;
+use kxdp_dataplane::worker::{
+    self, monotonic_ns, Forwarding, IdlePolicy, SharedStats, WorkerConfig, WorkerHandle,
+};
+use kxdp_ffi::xdp::{
+    AttachMode, Interface, LoadOptions, Proto, Role, SteeringProgram, UplinkConfig,
+};
+
+use crate::host::{HostScanner, HostView};
+
+/// Annotation kxdp sets on its own Node object (in its in-memory state
+/// only) to make the sync runner recompile after a host change.
+pub const HOST_SCAN_ANNOTATION: &str = "kxdp.io/host-scan";
+
+/// How long a worker may take to open or close a socket.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Main loop tick: conntrack GC cadence and signal latency.
+const TICK: Duration = Duration::from_millis(100);
+/// How long readiness waits for other nodes' addresses to resolve.
+const NEIGHBOUR_GRACE: Duration = Duration::from_secs(5);
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Native,
+    Generic,
+}
+
+/// AF_XDP bind mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BindArg {
+    Auto,
+    Copy,
+    ZeroCopy,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// This node's Kubernetes name.
+    #[arg(long)]
+    node: String,
+    /// The node's underlay interface (VXLAN, Service and NodePort traffic).
+    #[arg(long)]
+    uplink: String,
+    /// Manifests file or directory, watched for changes. Required unless
+    /// --null-pipeline.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// Worker threads (only 1 is supported for now).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// CPUs to pin workers to, one per worker (e.g. `--cores 1`).
+    #[arg(long, value_delimiter = ',')]
+    cores: Vec<usize>,
+    /// Admin API address (`/healthz`, `/readyz`, `/metrics`,
+    /// `/debug/tables`); `off` disables it.
+    #[arg(long, default_value = kxdp_control::admin::DEFAULT_ADMIN_ADDR)]
+    admin: String,
+    /// Forward without processing between --null-pair interfaces: the
+    /// AF_XDP I/O floor.
+    #[arg(long)]
+    null_pipeline: bool,
+    /// With --null-pipeline: two interfaces that forward to each other,
+    /// `A,B` (repeatable).
+    #[arg(long = "null-pair", value_parser = parse_pair)]
+    null_pairs: Vec<(String, String)>,
+    /// XDP attach mode.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
+    xdp_mode: XdpModeArg,
+    /// AF_XDP bind mode (veth supports copy only; auto picks).
+    #[arg(long, value_enum, default_value_t = BindArg::Auto)]
+    bind: BindArg,
+    /// Write this file once the dataplane serves (tables published, every
+    /// interface attached); removed at exit.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Host rescan period (pod veths, neighbours), milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    rescan_ms: u64,
+    /// Conntrack capacity (connections).
+    #[arg(long, default_value_t = 65536)]
+    conntrack_size: usize,
+    /// Masquerade source ports (and ICMP ids), `LO-HI`; must not overlap
+    /// the node's ephemeral ports.
+    #[arg(long, default_value = "61000-65535", value_parser = parse_range)]
+    masquerade_ports: (u16, u16),
+    /// Frames of the worker's UMEM (2 KiB each).
+    #[arg(long, default_value_t = 16384)]
+    umem_frames: u32,
+    /// Busy-poll: never sleep when idle (a dedicated core).
+    #[arg(long)]
+    busy_poll: bool,
+    /// Pin the steering program and maps under this bpffs directory.
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Leave the steering program attached at exit (pods stay fail-closed
+    /// while kxdp is down).
+    #[arg(long)]
+    leave_attached: bool,
+}
+
+fn parse_pair(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once(',') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() && a != b => {
+            Ok((a.to_owned(), b.to_owned()))
+        }
+        _ => Err(format!("{s:?}: expected two different interfaces, `A,B`")),
+    }
+}
+
+fn parse_range(s: &str) -> std::result::Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected LO-HI"))?;
+    let lo: u16 = lo.parse().map_err(|_| format!("{s:?}: bad port {lo:?}"))?;
+    let hi: u16 = hi.parse().map_err(|_| format!("{s:?}: bad port {hi:?}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("{s:?}: need 0 < LO <= HI"));
+    }
+    Ok((lo, hi))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second init (tests) fails harmlessly.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Entry point of `kxdp run`.
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    init_logging();
+    if args.workers != 1 {
+        bail!(
+            "--workers {}: only 1 worker is supported for now (frames cannot cross workers' UMEMs yet)",
+            args.workers
+        );
+    }
+    if args.cores.len() > args.workers {
+        bail!(
+            "--cores lists {} CPUs for {} worker(s)",
+            args.cores.len(),
+            args.workers
+        );
+    }
+    if args.uplink == "lo" {
+        bail!("--uplink lo: the loopback device cannot be the uplink");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let result = if args.null_pipeline {
+        run_null(&args, &stop)
+    } else {
+        run_dataplane(&args, &stop)
+    };
+    if let Some(f) = &args.ready_file {
+        let _ = std::fs::remove_file(f);
+    }
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+fn attach_mode(a: XdpModeArg) -> AttachMode {
+    match a {
+        XdpModeArg::Native => AttachMode::Native,
+        XdpModeArg::Generic => AttachMode::Generic,
+    }
+}
+
+fn bind_mode(a: BindArg) -> BindMode {
+    match a {
+        BindArg::Auto => BindMode::Auto,
+        BindArg::Copy => BindMode::Copy,
+        BindArg::ZeroCopy => BindMode::ZeroCopy,
+    }
+}
+
+fn proto_of(p: IpProto) -> Option<Proto> {
+    match p {
+        IpProto::Tcp => Some(Proto::Tcp),
+        IpProto::Udp => Some(Proto::Udp),
+        IpProto::Sctp => Some(Proto::Sctp),
+        IpProto::Icmp => None,
+    }
+}
+
+/// The worker's counters as Prometheus families.
+struct WorkerPackets(Vec<Arc<SharedStats>>);
+
+impl PacketCounters for WorkerPackets {
+    fn forward_packets(&self) -> Vec<(String, u64)> {
+        let s = merge(&self.0.iter().map(|s| s.load()).collect::<Vec<_>>());
+        let p = &s.pipeline;
+        vec![
+            ("to-pod".into(), p.forwarded_pod),
+            ("vxlan".into(), p.forwarded_vxlan),
+            ("uplink".into(), p.forwarded_uplink),
+            ("reply".into(), p.replies),
+            ("to-host".into(), p.to_host),
+        ]
+    }
+
+    fn drop_packets(&self) -> Vec<(String, u64)> {
+        let s = merge(&self.0.iter().map(|s| s.load()).collect::<Vec<_>>());
+        s.pipeline
+            .drops
+            .nonzero()
+            .map(|(r, n)| (r.name().to_owned(), n))
+            .collect()
+    }
+}
+
+/// An interface kxdp attached to and serves.
+#[derive(Debug)]
+struct Served {
+    name: String,
+    queues: u32,
+}
+
+/// The steering program plus the worker: attaches interfaces and keeps the
+/// steering maps in step with the tables.
+struct Dataplane {
+    steering: SteeringProgram,
+    worker: WorkerHandle<AfXdpFactory>,
+    mode: AttachMode,
+    bind: BindMode,
+    served: BTreeMap<u32, Served>,
+    pod_ips: BTreeSet<Ipv4Addr>,
+    /// Steered frontends and NodePorts (TCP, UDP and SCTP only).
+    frontends: BTreeSet<(Ipv4Addr, u16, IpProto)>,
+    node_ports: BTreeSet<(u16, IpProto)>,
+    uplink_cfg: Option<UplinkConfig>,
+}
+
+impl Dataplane {
+    /// Attaches the program for `role` to `name` (expected at `ifindex`)
+    /// and gives the worker one socket per rx queue. On failure nothing
+    /// stays attached.
+    fn attach(&mut self, name: &str, ifindex: u32, role: Role, ingress: Ingress) -> Result<()> {
+        let iface = Interface::lookup(name).with_context(|| format!("interface {name}"))?;
+        if iface.ifindex != ifindex {
+            bail!(
+                "interface {name} is ifindex {}, expected {ifindex}",
+                iface.ifindex
+            );
+        }
+        let queues = iface.rx_queues();
+        self.steering
+            .attach(&iface, role, self.mode, queues)
+            .with_context(|| format!("attaching XDP to {name}"))?;
+        let opened = (0..queues).try_for_each(|q| -> Result<()> {
+            let mut cfg = PortConfig::new(name, q, ingress);
+            cfg.bind = self.bind;
+            let (rx, tx, fill) = match role {
+                Role::Uplink => (2048, 2048, 1024),
+                Role::Pod => (512, 512, 256),
+            };
+            cfg.rx_ring = rx;
+            cfg.tx_ring = tx;
+            cfg.limits = CoreLimits {
+                fill_target: fill,
+                ..CoreLimits::default()
+            };
+            let (_, fd) = self
+                .worker
+                .add_port(cfg, WORKER_TIMEOUT)
+                .with_context(|| format!("opening AF_XDP socket on {name} queue {q}"))?;
+            self.steering
+                .register_socket(ifindex, q, fd.as_fd())
+                .with_context(|| format!("registering the socket of {name} queue {q}"))?;
+            // `fd` (a duplicate) closes here: the worker's socket is the
+            // only reference left, so closing it empties the slot.
+            Ok(())
+        });
+        if let Err(e) = opened {
+            let _ = self.worker.remove_port(ifindex, WORKER_TIMEOUT);
+            let _ = self.steering.detach(ifindex);
+            return Err(e);
+        }
+        self.served.insert(
+            ifindex,
+            Served {
+                name: name.to_owned(),
+                queues,
+            },
+        );
+        tracing::info!(
+            interface = name,
+            ifindex,
+            queues,
+            ?role,
+            "serving interface"
+        );
+        Ok(())
+    }
+
+    /// Closes the sockets of `ifindex` and detaches from it (if it still
+    /// exists).
+    fn release(&mut self, ifindex: u32) {
+        let Some(s) = self.served.remove(&ifindex) else {
+            return;
+        };
+        if let Err(e) = self.worker.remove_port(ifindex, WORKER_TIMEOUT) {
+            tracing::warn!(interface = %s.name, error = %e, "closing sockets");
+        }
+        if let Err(e) = self.steering.detach(ifindex) {
+            tracing::warn!(interface = %s.name, error = %e, "detaching XDP");
+        }
+        tracing::info!(interface = %s.name, ifindex, queues = s.queues, "interface released");
+    }
+
+    /// Serve exactly the pod veths of `view` (by ifindex): attach new
+    /// ones, release vanished ones. Returns how many failed.
+    fn sync_pods(&mut self, view: &HostView, uplink_ifindex: u32) -> usize {
+        let wanted: BTreeMap<u32, &str> =
+            view.pods.values().map(|i| (i.ifindex, &*i.name)).collect();
+        let gone: Vec<u32> = self
+            .served
+            .keys()
+            .copied()
+            .filter(|i| *i != uplink_ifindex && !wanted.contains_key(i))
+            .collect();
+        for ifindex in gone {
+            self.release(ifindex);
+        }
+        let mut failed = 0;
+        for (ifindex, name) in wanted {
+            if self.served.contains_key(&ifindex) {
+                continue;
+            }
+            if let Err(e) = self.attach(name, ifindex, Role::Pod, Ingress::Pod { ifindex }) {
+                failed += 1;
+                tracing::warn!(
+                    interface = name,
+                    error = format!("{e:#}"),
+                    "cannot serve pod interface (retrying at the next scan)"
+                );
+            }
+        }
+        failed
+    }
+
+    /// Makes the steering maps match `t`.
+    fn sync_maps(&mut self, t: &TableSet) {
+        let cfg = UplinkConfig {
+            vxlan_port: t.node.vxlan.port,
+            masq_ip: t.node.primary_ip(),
+            masq_ports: t.node.masquerade_port_range,
+        };
+        if self.uplink_cfg != Some(cfg) {
+            match self.steering.set_uplink_config(&cfg) {
+                Ok(()) => self.uplink_cfg = Some(cfg),
+                Err(e) => tracing::warn!(error = %e, "writing the steering configuration"),
+            }
+        }
+        let pod_ips: BTreeSet<Ipv4Addr> = t
+            .pods
+            .iter()
+            .filter(|p| p.interface.is_some())
+            .map(|p| p.ip)
+            .collect();
+        for ip in self.pod_ips.difference(&pod_ips) {
+            if let Err(e) = self.steering.remove_pod_ip(*ip) {
+                tracing::warn!(error = %e, "steering map");
+            }
+        }
+        for ip in pod_ips.difference(&self.pod_ips) {
+            if let Err(e) = self.steering.add_pod_ip(*ip) {
+                tracing::warn!(error = %e, "steering map");
+            }
+        }
+        self.pod_ips = pod_ips;
+
+        let frontends: BTreeSet<(Ipv4Addr, u16, IpProto)> = t
+            .services
+            .frontends()
+            .filter(|(k, _)| proto_of(k.proto).is_some())
+            .map(|(k, _)| (k.ip, k.port, k.proto))
+            .collect();
+        for (ip, port, proto) in self.frontends.difference(&frontends) {
+            if let Some(p) = proto_of(*proto) {
+                if let Err(e) = self.steering.remove_frontend(*ip, *port, p) {
+                    tracing::warn!(error = %e, "steering map");
+                }
+            }
+        }
+        for (ip, port, proto) in frontends.difference(&self.frontends) {
+            if let Some(p) = proto_of(*proto) {
+                if let Err(e) = self.steering.add_frontend(*ip, *port, p) {
+                    tracing::warn!(error = %e, "steering map");
+                }
+            }
+        }
+        self.frontends = frontends;
+
+        let node_ports: BTreeSet<(u16, IpProto)> = t
+            .services
+            .node_ports()
+            .filter(|((_, proto), _)| proto_of(*proto).is_some())
+            .map(|(k, _)| k)
+            .collect();
+        for (port, proto) in self.node_ports.difference(&node_ports) {
+            if let Some(p) = proto_of(*proto) {
+                if let Err(e) = self.steering.remove_node_port(*port, p) {
+                    tracing::warn!(error = %e, "steering map");
+                }
+            }
+        }
+        for (port, proto) in node_ports.difference(&self.node_ports) {
+            if let Some(p) = proto_of(*proto) {
+                if let Err(e) = self.steering.add_node_port(*port, p) {
+                    tracing::warn!(error = %e, "steering map");
+                }
+            }
+        }
+        self.node_ports = node_ports;
+        tracing::debug!(
+            generation = t.generation,
+            pods = self.pod_ips.len(),
+            frontends = self.frontends.len(),
+            node_ports = self.node_ports.len(),
+            "steering maps synced"
+        );
+    }
+
+    /// Stops the worker (its sockets close: the kernel empties their
+    /// slots), then detaches everything unless told to leave it attached.
+    fn shutdown(mut self, leave_attached: bool) {
+        let stats = self.worker.stats();
+        if let Err(e) = self.worker.stop() {
+            tracing::warn!(error = %e, "stopping the worker");
+        }
+        if leave_attached {
+            self.steering.leave_attached();
+            tracing::info!("steering program left attached (fail closed)");
+        } else {
+            for ifindex in self.served.keys().copied().collect::<Vec<_>>() {
+                if let Err(e) = self.steering.detach(ifindex) {
+                    tracing::warn!(ifindex, error = %e, "detaching XDP");
+                }
+            }
+        }
+        let s = stats.load();
+        tracing::info!(
+            rx = s.pipeline.rx,
+            to_pod = s.pipeline.forwarded_pod,
+            vxlan = s.pipeline.forwarded_vxlan,
+            uplink = s.pipeline.forwarded_uplink,
+            replies = s.pipeline.replies,
+            to_host = s.pipeline.to_host,
+            drops = ?s.pipeline.drops.nonzero().map(|(r, n)| (r.name(), n)).collect::<Vec<_>>(),
+            no_egress_port = s.counters.no_egress_port,
+            "final worker stats"
+        );
+        // Dropping the program unpins it.
+    }
+}
+
+fn environment(view: &HostView) -> NodeEnvironment {
+    NodeEnvironment {
+        uplink_mac: view.uplink.mac,
+        uplink_mtu: view.uplink.mtu,
+        extra_node_ips: view.uplink.addrs.clone(),
+        pod_interfaces: view.pods.clone(),
+        neighbours: view.neighbours.clone(),
+        vtep_mac: None,
+    }
+}
+
+fn spawn_worker(
+    args: &RunArgs,
+    reader: TableReader,
+    forwarding: Forwarding,
+) -> Result<WorkerHandle<AfXdpFactory>> {
+    let ct = Arc::new(Conntrack::new(CtConfig::new(args.conntrack_size)));
+    let aff = Arc::new(AffinityTable::new(args.conntrack_size / 4, None));
+    spawn_worker_with(args, reader, forwarding, ct, aff)
+}
+
+fn spawn_worker_with(
+    args: &RunArgs,
+    reader: TableReader,
+    forwarding: Forwarding,
+    ct: Arc<Conntrack>,
+    aff: Arc<AffinityTable>,
+) -> Result<WorkerHandle<AfXdpFactory>> {
+    let mut cfg = WorkerConfig::new(0);
+    cfg.core = args.cores.first().copied();
+    cfg.forwarding = forwarding;
+    if args.busy_poll {
+        cfg.idle = IdlePolicy {
+            spin: 0,
+            sleep: Duration::ZERO,
+        };
+    }
+    let store_cfg = StoreConfig {
+        frames: args.umem_frames,
+        huge_pages: HugePages::Try,
+        ..StoreConfig::default()
+    };
+    worker::spawn(
+        cfg,
+        move || XskStore::new(&store_cfg).map_err(|e| e.to_string()),
+        AfXdpFactory::default(),
+        reader,
+        ct,
+        aff,
+    )
+    .context("starting the worker")
+}
+
+fn load_steering(args: &RunArgs) -> Result<SteeringProgram> {
+    SteeringProgram::load(&LoadOptions {
+        pin_dir: args.pin_dir.clone(),
+    })
+    .context("loading the XDP steering program")
+}
+
+fn write_ready(args: &RunArgs) {
+    tracing::info!("kxdp ready");
+    if let Some(f) = &args.ready_file {
+        if let Err(e) = std::fs::write(f, format!("{}\n", std::process::id())) {
+            tracing::warn!(file = %f.display(), error = %e, "writing the ready file");
+        }
+    }
+}
+
+/// Host state shared by the main loop and the compile callback.
+struct HostShared {
+    env: Mutex<NodeEnvironment>,
+    /// This node's Node object as last published (to re-apply it).
+    node: Mutex<Option<Node>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
+    let manifests = args.manifests.clone().ok_or_else(|| {
+        anyhow!(
+            "--manifests is required (the Kubernetes API source is not wired into `kxdp run` yet)"
+        )
+    })?;
+    let mut scanner = HostScanner::new(&args.uplink);
+    let mut view = scanner.scan().context("scanning the host")?;
+    tracing::info!(
+        uplink = %view.uplink.name,
+        mac = %view.uplink.mac,
+        mtu = view.uplink.mtu,
+        addrs = ?view.uplink.addrs,
+        pods = view.pods.len(),
+        "host scanned"
+    );
+    let host = Arc::new(HostShared {
+        env: Mutex::new(environment(&view)),
+        node: Mutex::new(None),
+    });
+
+    // Control plane: manifests source -> runner -> table slot; admin API.
+    let runner_cfg = RunnerConfig::default();
+    let metrics = Arc::new(Metrics::new());
+    let status = Arc::new(Status::new(&runner_cfg));
+    let slot = Arc::new(TableSlot::new());
+    let mut hooks: Vec<kxdp_control::runner::PublishHook> = Vec::new();
+    let node_name = args.node.clone();
+    let hook_host = host.clone();
+    hooks.push(Box::new(move |ev: &PublishEvent<'_>| {
+        *lock(&hook_host.node) = ev.state.nodes.get(&node_name).cloned();
+    }));
+    let admin = if args.admin == "off" {
+        None
+    } else {
+        let addr: SocketAddr = args
+            .admin
+            .parse()
+            .with_context(|| format!("--admin {:?}", args.admin))?;
+        let server = start_admin(
+            addr,
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            AdminState {
+                status: status.clone(),
+                metrics: metrics.clone(),
+                tables: slot.clone(),
+            },
+        )
+        .context("starting the admin API")?;
+        hooks.push(server.health_checks().publish_hook());
+        tracing::info!(addr = %server.local_addr(), "admin API listening");
+        Some(server)
+    };
+    let (events_tx, events_rx) = source::channel();
+    let mut opts = CompileOptions::new(&args.node);
+    opts.masquerade_port_range = args.masquerade_ports;
+    let compile_host = host.clone();
+    let compile_fn = move |input: &CompileInput<'_>| -> std::result::Result<TableSet, String> {
+        let env = lock(&compile_host.env).clone();
+        let out = compile(input.state, &env, &opts, input.generation).map_err(|e| e.to_string())?;
+        for w in &out.warnings {
+            tracing::debug!(warning = %w, "compile");
+        }
+        let mut tables = out.tables;
+        let local: Vec<LocalPod> = tables.pods.iter().cloned().collect();
+        let pol = compile_policies(input.state, &opts.node_name, &tables.node.node_ips, &local);
+        for w in &pol.warnings {
+            tracing::debug!(warning = %w, "policy");
+        }
+        tables.policy = pol.table;
+        tracing::info!(
+            generation = tables.generation,
+            pods = tables.pods.len(),
+            frontends = tables.services.frontend_count(),
+            warnings = out.warnings.len() + pol.warnings.len(),
+            "tables compiled"
+        );
+        Ok(tables)
+    };
+    let runner = spawn_runner(
+        runner_cfg,
+        events_rx,
+        compile_fn,
+        Shared {
+            tables: slot.clone(),
+            status: status.clone(),
+            metrics: metrics.clone(),
+            hooks,
+        },
+    )
+    .context("starting the sync runner")?;
+    let source = start_manifests_source(
+        ManifestsConfig::new(&manifests),
+        events_tx.clone(),
+        metrics.clone(),
+    )
+    .context("starting the manifests source")?;
+
+    let reader = loop {
+        if let Some(r) = slot.wait_reader(TICK) {
+            break r;
+        }
+        if stop.load(Ordering::Relaxed) {
+            source.stop();
+            runner.stop();
+            return Ok(());
+        }
+        if let Some(e) = status.last_error().or_else(|| source.last_error()) {
+            tracing::warn!(error = %e, "waiting for the first tables");
+        }
+    };
+
+    let ct = Arc::new(Conntrack::new(CtConfig::new(args.conntrack_size)));
+    let aff = Arc::new(AffinityTable::new((args.conntrack_size / 4).max(1), None));
+    let worker = spawn_worker_with(args, reader, Forwarding::Pipeline, ct.clone(), aff.clone())?;
+    metrics.set_packet_counters(Arc::new(WorkerPackets(vec![worker.stats()])));
+    let mut dp = Dataplane {
+        steering: load_steering(args)?,
+        worker,
+        mode: attach_mode(args.xdp_mode),
+        bind: bind_mode(args.bind),
+        served: BTreeMap::new(),
+        pod_ips: BTreeSet::new(),
+        frontends: BTreeSet::new(),
+        node_ports: BTreeSet::new(),
+        uplink_cfg: None,
+    };
+    let uplink_ifindex = view.uplink.ifindex;
+    let serve = (|| -> Result<()> {
+        // Maps first: once the uplink is attached, traffic to local pods
+        // must already be steered to kxdp (not forwarded by the kernel).
+        if let Some(t) = slot.current() {
+            dp.sync_maps(&t);
+        }
+        dp.attach(
+            &view.uplink.name.clone(),
+            uplink_ifindex,
+            Role::Uplink,
+            Ingress::Uplink,
+        )?;
+        Ok(())
+    })();
+    if let Err(e) = serve {
+        dp.shutdown(false);
+        source.stop();
+        runner.stop();
+        return Err(e);
+    }
+    let mut failed = dp.sync_pods(&view, uplink_ifindex);
+    let mut ready = false;
+    let mut synced_gen: Option<u64> = None;
+    let mut scan_version: u64 = 0;
+    let mut last_scan = Instant::now();
+    let rescan = Duration::from_millis(args.rescan_ms.max(100));
+    let mut last_report = Instant::now();
+    let gc_budget = (args.conntrack_size / 20).max(256);
+    let started = Instant::now();
+
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(TICK);
+        let now = monotonic_ns();
+        ct.gc(now, gc_budget);
+        aff.gc(now, gc_budget);
+        if !dp.worker.is_running() {
+            dp.shutdown(false);
+            source.stop();
+            runner.stop();
+            bail!("the worker thread stopped unexpectedly");
+        }
+        if let Some(t) = slot.current() {
+            if synced_gen != Some(t.generation) {
+                dp.sync_maps(&t);
+                synced_gen = Some(t.generation);
+                // Next hops the dataplane will need: other nodes' VTEPs
+                // and the default gateway.
+                let hops = t
+                    .routes
+                    .nodes()
+                    .iter()
+                    .map(|n| n.vtep_ip)
+                    .chain(t.neighbours.default_gateway);
+                scanner.resolve(&view, hops);
+            }
+        }
+        if last_scan.elapsed() >= rescan {
+            last_scan = Instant::now();
+            match scanner.scan() {
+                Ok(new) => {
+                    if new.uplink.ifindex != uplink_ifindex {
+                        tracing::error!(
+                            "the uplink changed (ifindex {} -> {}); restart kxdp",
+                            uplink_ifindex,
+                            new.uplink.ifindex
+                        );
+                    }
+                    failed = dp.sync_pods(&new, uplink_ifindex);
+                    if let Some(t) = slot.current() {
+                        let hops = t
+                            .routes
+                            .nodes()
+                            .iter()
+                            .map(|n| n.vtep_ip)
+                            .chain(new.neighbours.default_gateway);
+                        scanner.resolve(&new, hops);
+                    }
+                    if new != view {
+                        scan_version += 1;
+                        *lock(&host.env) = environment(&new);
+                        trigger_recompile(&host, &events_tx, scan_version);
+                        tracing::info!(
+                            pods = new.pods.len(),
+                            neighbours = new.neighbour_list.len(),
+                            "host changed"
+                        );
+                    }
+                    view = new;
+                }
+                Err(e) => tracing::warn!(error = %e, "host scan failed"),
+            }
+        }
+        if !ready && failed == 0 && synced_gen.is_some() && view.pods_without_mac().count() == 0 {
+            // Other nodes' VTEPs resolved too, or given up on after
+            // NEIGHBOUR_GRACE (a node may be down; the rest works).
+            let unresolved: Vec<Ipv4Addr> = slot
+                .current()
+                .map(|t| {
+                    t.routes
+                        .nodes()
+                        .iter()
+                        .map(|n| n.vtep_ip)
+                        .filter(|ip| view.neighbours.lookup(*ip).is_none())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if unresolved.is_empty() || started.elapsed() >= NEIGHBOUR_GRACE {
+                if !unresolved.is_empty() {
+                    tracing::warn!(?unresolved, "ready with unresolved node addresses");
+                }
+                ready = true;
+                write_ready(args);
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            let s = dp.worker.stats().load();
+            tracing::info!(
+                rx = s.pipeline.rx,
+                to_pod = s.pipeline.forwarded_pod,
+                vxlan = s.pipeline.forwarded_vxlan,
+                uplink = s.pipeline.forwarded_uplink,
+                replies = s.pipeline.replies,
+                to_host = s.pipeline.to_host,
+                conntrack = ct.len(),
+                "worker stats"
+            );
+        }
+    }
+    tracing::info!("signal received: shutting down");
+    source.stop();
+    runner.stop();
+    if let Some(a) = admin {
+        a.stop();
+    }
+    dp.shutdown(args.leave_attached);
+    tracing::info!("kxdp stopped");
+    Ok(())
+}
+
+/// Re-applies this node's Node object with a new [`HOST_SCAN_ANNOTATION`]
+/// so the runner recompiles with the new host environment.
+fn trigger_recompile(host: &HostShared, events: &source::EventSender, version: u64) {
+    let Some(mut node) = lock(&host.node).clone() else {
+        // Nothing published yet: the first compile reads the new env.
+        return;
+    };
+    node.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(HOST_SCAN_ANNOTATION.to_owned(), version.to_string());
+    if events.send(SourceEvent::Apply(Object::Node(node))).is_err() {
+        tracing::warn!("sync runner gone: host change not applied");
+    }
+}
+
+/// Tables for `--null-pipeline`: nothing but a node config.
+fn empty_tables(node: &str) -> TableSet {
+    TableSet {
+        generation: 1,
+        node: NodeConfig {
+            node_name: node.to_owned(),
+            node_ips: Vec::new(),
+            vtep_ip: Ipv4Addr::UNSPECIFIED,
+            vtep_mac: Default::default(),
+            uplink_mac: Default::default(),
+            pod_cidr: None,
+            gateway_ip: None,
+            cluster_cidrs: Vec::new(),
+            vxlan: VxlanConfig::default(),
+            uplink_mtu: 1500,
+            node_port_range: (30000, 32767),
+            masquerade_port_range: (61000, 65535),
+        },
+        services: ServiceTable::new(),
+        pods: PodTable::default(),
+        routes: RouteTable::new(Vec::new()),
+        policy: PolicyTable::allow_all(),
+        neighbours: NeighbourTable::default(),
+    }
+}
+
+/// `--null-pipeline`: every frame received on one interface of a
+/// `--null-pair` leaves unchanged on the other.
+fn run_null(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
+    if args.null_pairs.is_empty() {
+        bail!("--null-pipeline needs at least one --null-pair A,B");
+    }
+    let (_publisher, reader) = publication(empty_tables(&args.node));
+    let worker = spawn_worker(args, reader, Forwarding::Null)?;
+    let mut dp = Dataplane {
+        steering: load_steering(args)?,
+        worker,
+        mode: attach_mode(args.xdp_mode),
+        bind: bind_mode(args.bind),
+        served: BTreeMap::new(),
+        pod_ips: BTreeSet::new(),
+        frontends: BTreeSet::new(),
+        node_ports: BTreeSet::new(),
+        uplink_cfg: None,
+    };
+    let setup = (|| -> Result<()> {
+        for (a, b) in &args.null_pairs {
+            let ia = Interface::lookup(a).with_context(|| format!("interface {a}"))?;
+            let ib = Interface::lookup(b).with_context(|| format!("interface {b}"))?;
+            for i in [&ia, &ib] {
+                if !dp.served.contains_key(&i.ifindex) {
+                    dp.attach(
+                        &i.name,
+                        i.ifindex,
+                        Role::Pod,
+                        Ingress::Pod { ifindex: i.ifindex },
+                    )?;
+                }
+            }
+            dp.worker.set_null_peer(ia.ifindex, Some(ib.ifindex))?;
+            dp.worker.set_null_peer(ib.ifindex, Some(ia.ifindex))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = setup {
+        dp.shutdown(false);
+        return Err(e);
+    }
+    write_ready(args);
+    let mut last_report = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(TICK);
+        if !dp.worker.is_running() {
+            dp.shutdown(false);
+            bail!("the worker thread stopped unexpectedly");
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            let s = dp.worker.stats().load();
+            tracing::info!(
+                forwarded = s.counters.null_forwarded,
+                no_peer = s.counters.null_no_peer,
+                "null forwarding"
+            );
+        }
+    }
+    dp.shutdown(args.leave_attached);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_and_ranges_parse_and_reject_nonsense() {
+        assert_eq!(parse_pair("a,b"), Ok(("a".into(), "b".into())));
+        assert!(parse_pair("a").is_err());
+        assert!(parse_pair("a,a").is_err());
+        assert!(parse_pair(",b").is_err());
+        assert_eq!(parse_range("61000-65535"), Ok((61000, 65535)));
+        assert!(parse_range("65535-61000").is_err());
+        assert!(parse_range("0-10").is_err());
+        assert!(parse_range("1-70000").is_err());
+        assert!(parse_range("1000").is_err());
+    }
+
+    #[test]
+    fn only_port_protocols_are_steered() {
+        assert_eq!(proto_of(IpProto::Tcp), Some(Proto::Tcp));
+        assert_eq!(proto_of(IpProto::Udp), Some(Proto::Udp));
+        assert_eq!(proto_of(IpProto::Sctp), Some(Proto::Sctp));
+        assert_eq!(proto_of(IpProto::Icmp), None);
+    }
+
+    #[test]
+    fn null_tables_are_empty_and_consistent() {
+        let t = empty_tables("n");
+        assert_eq!(t.node.node_name, "n");
+        assert!(t.pods.is_empty());
+        assert_eq!(t.services.frontend_count(), 0);
+    }
+}
