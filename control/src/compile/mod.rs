@@ -58,8 +58,10 @@ pub struct CompileOptions {
     pub vxlan: VxlanConfig,
     /// Valid NodePort range, inclusive (kube-apiserver default 30000-32767).
     pub node_port_range: (u16, u16),
-    /// Source ports for masquerade, inclusive. The default, Linux's
-    /// `ip_local_port_range` (32768-60999), does not overlap NodePorts.
+    /// Source ports for masquerade, inclusive. Default 61000-65535: clear
+    /// of NodePorts and of Linux's ephemeral range (32768-60999), because
+    /// the uplink's steering program hands replies to masquerade ports to
+    /// kxdp — an overlap would steal replies to the node's own connections.
     pub masquerade_port_range: (u16, u16),
     /// Pod CIDRs of the whole cluster; None = the union of every Node's
     /// podCIDR(s).
@@ -79,7 +81,7 @@ impl CompileOptions {
             node_name: node_name.into(),
             vxlan: VxlanConfig::default(),
             node_port_range: (30000, 32767),
-            masquerade_port_range: (32768, 60999),
+            masquerade_port_range: (61000, 65535),
             cluster_cidrs: None,
             proxy_name: None,
             node_port_addresses: Vec::new(),
