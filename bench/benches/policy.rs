@@ -19,7 +19,9 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use kxdp_control::policy::{PolicyCompiler, PolicyDirection, PolicyTable, PolicyVerdict};
 use kxdp_control::testing::SyntheticCluster;
 use kxdp_control::ClusterState;
@@ -49,9 +51,13 @@ struct Probe {
     port: u16,
 }
 
-/// Probes for the pods `table` isolates for ingress: 7/8 of the peers are
-/// pods anywhere in the cluster, 1/8 external; ports 7995..8059 straddle
-/// the policies' ranges (8000..8054); 1/8 UDP, which no rule allows.
+/// Probes for the pods `table` isolates for ingress. Half are "near":
+/// a peer pod of the same namespace on TCP inside the port range the
+/// namespace's policies open (8000 + ns % 50, +5), which the synthetic
+/// policies allow for about a third of the peers (by `tier` or `app`).
+/// The other half are "far": 7/8 pods anywhere in the cluster, 1/8
+/// external addresses, ports 7995..8059 straddling every policy's range,
+/// 1/8 UDP (no rule allows UDP) — nearly all denied.
 fn probes(shape: &SyntheticCluster, table: &PolicyTable, locals: &[LocalPod]) -> Vec<Probe> {
     let isolated: Vec<&LocalPod> = locals
         .iter()
@@ -64,6 +70,22 @@ fn probes(shape: &SyntheticCluster, table: &PolicyTable, locals: &[LocalPod]) ->
         .map(|k| {
             let r = mix(k);
             let pod = isolated[(r as usize) % isolated.len()].clone();
+            if k % 2 == 0 {
+                // Near: pods of namespace n are n, n + namespaces, ...
+                let ns: usize = pod
+                    .namespace
+                    .strip_prefix("ns")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let per_ns = (shape.pods / shape.namespaces).max(1);
+                let peer = ns + ((r >> 24) as usize % per_ns) * shape.namespaces;
+                return Probe {
+                    pod,
+                    peer: shape.pod_ip(peer),
+                    proto: IpProto::Tcp,
+                    port: 8000 + (ns % 50) as u16 + ((r >> 48) % 6) as u16,
+                };
+            }
             let peer = if (r >> 16) & 7 == 0 {
                 Ipv4Addr::new(203, 0, 113, (r >> 24) as u8)
             } else {

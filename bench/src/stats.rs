@@ -92,7 +92,8 @@ mod tests {
 
     #[test]
     fn status_fields() {
-        let text = "Name:\tx\nVmPeak:\t  200 kB\nVmHWM:\t   123456 kB\nVmRSS:\t  1000 kB\nThreads:\t3\n";
+        let text =
+            "Name:\tx\nVmPeak:\t  200 kB\nVmHWM:\t   123456 kB\nVmRSS:\t  1000 kB\nThreads:\t3\n";
         assert_eq!(status_kib(text, "VmHWM"), Some(123_456));
         assert_eq!(status_kib(text, "VmRSS"), Some(1000));
         assert_eq!(status_kib(text, "Threads"), None);

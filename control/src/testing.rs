@@ -362,10 +362,7 @@ impl SyntheticCluster {
             spec: Some(ServiceSpec {
                 cluster_ip: Some(ip.clone()),
                 cluster_ips: Some(vec![ip]),
-                selector: Some(BTreeMap::from([(
-                    "svc".to_string(),
-                    format!("svc{s}"),
-                )])),
+                selector: Some(BTreeMap::from([("svc".to_string(), format!("svc{s}"))])),
                 ports: Some(vec![ServicePort {
                     name: Some("http".into()),
                     port: 80,

@@ -124,12 +124,18 @@ fn main() {
         match Frame::new(&mut buf, Frame::HEADROOM, input.len()) {
             Some(mut frame) => p.process(&t, SEC, &mut frame, ingress, &mut NoTrace),
             None => {
-                eprintln!("pipeline_profile: a {}-byte frame does not fit", input.len());
+                eprintln!(
+                    "pipeline_profile: a {}-byte frame does not fit",
+                    input.len()
+                );
                 std::process::exit(1);
             }
         }
     };
-    eprintln!("{:?}, {} Services: first packet {first:?}", cli.case, cli.services);
+    eprintln!(
+        "{:?}, {} Services: first packet {first:?}",
+        cli.case, cli.services
+    );
     let t0 = Instant::now();
     let forwarded = hot_loop(&mut p, &t, &mut buf, &input, ingress, cli.packets);
     let elapsed = t0.elapsed();
