@@ -6,7 +6,8 @@
 set -euo pipefail
 
 PACKAGES=(clang llvm libelf-dev zlib1g-dev libbpf-dev pkg-config make m4
-          iproute2 nftables iptables ethtool tcpdump dnsmasq-base socat)
+          iproute2 nftables iptables ethtool tcpdump dnsmasq-base socat
+          jq containernetworking-plugins)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -22,6 +23,18 @@ fi
 # libxdp and the XDP loader pin objects under bpffs.
 if [[ $(id -u) -eq 0 ]] && ! mountpoint -q /sys/fs/bpf; then
     mount -t bpf bpf /sys/fs/bpf
+fi
+
+# tests/deploy_manifests.rs: the Kubernetes schema validator, pinned. It
+# ships the OpenAPI schemas of every Kubernetes release it supports, so
+# validation needs no network. (jq and the CNI plugins above run the image's
+# scripts and the real ptp + host-local.)
+KUBERNETES_VALIDATE=1.37.0
+if ! python3 -m kubernetes_validate --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE"; then
+    echo "setup: installing kubernetes-validate $KUBERNETES_VALIDATE" >&2
+    pip_install=(python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE")
+    # A Debian-managed python3 refuses plain pip installs (PEP 668).
+    "${pip_install[@]}" 2>/dev/null || "${pip_install[@]}" --break-system-packages
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found (this machine kind ships Rust via rustup)" >&2; exit 1; }

@@ -18,6 +18,10 @@
 //!   answer lands in the table, since the steering program passes ARP on the
 //!   uplink to the kernel).
 //!
+//! - **Local addresses**: every IPv4 address configured in the namespace
+//!   but loopback ones, i.e. what the kernel delivers locally. Pods reach
+//!   these through the steering program's host path.
+//!
 //! Everything here only reads, except [`HostScanner::resolve`], which only
 //! starts neighbour resolution on the uplink.
 
@@ -231,6 +235,10 @@ pub struct HostView {
     pub neighbours: NeighbourTable,
     /// The same neighbours as a sorted list (to compare two scans).
     pub neighbour_list: Vec<(Ipv4Addr, MacAddr)>,
+    /// IPv4 addresses configured on any interface of the namespace,
+    /// loopback ones (127/8) excluded; sorted, unique. Not part of the
+    /// compiler's input (equality ignores it).
+    pub local_addrs: Vec<Ipv4Addr>,
 }
 
 impl PartialEq for HostView {
@@ -337,6 +345,7 @@ pub fn assemble(
         pods,
         neighbours: table,
         neighbour_list,
+        local_addrs: Vec::new(),
     })
 }
 
@@ -371,6 +380,7 @@ impl HostScanner {
         ])?);
         let routes = parse_routes(&ip_json(&["-j", "-4", "route", "show", "table", "main"])?);
         let neighbours = parse_neighbours(&ip_json(&["-j", "-4", "neigh", "show"])?);
+        let local_addrs = local_addrs(&ip_json(&["-j", "-4", "addr", "show"])?);
         let mut peer_macs = HashMap::new();
         let mut netns: Option<HashMap<i64, String>> = None;
         for r in &routes {
@@ -418,14 +428,16 @@ impl HostScanner {
         // Forget interfaces that are gone.
         self.peer_cache
             .retain(|(i, m), _| links.iter().any(|l| l.ifindex == *i && l.mac == Some(*m)));
-        assemble(
+        let mut view = assemble(
             &self.uplink,
             &links,
             addrs,
             &routes,
             &neighbours,
             &peer_macs,
-        )
+        )?;
+        view.local_addrs = local_addrs;
+        Ok(view)
     }
 
     /// Starts kernel neighbour resolution on the uplink for `ips` that the
@@ -463,6 +475,18 @@ pub fn uplink_addrs(v: &Value) -> Vec<Ipv4Addr> {
         .filter(|a| a.get("family").and_then(Value::as_str) == Some("inet"))
         .filter_map(|a| a.get("local")?.as_str()?.parse().ok())
         .collect()
+}
+
+/// Every non-loopback IPv4 address of `ip -j -4 addr show`, sorted and
+/// unique.
+pub fn local_addrs(v: &Value) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = uplink_addrs(v)
+        .into_iter()
+        .filter(|a| !a.is_loopback() && !a.is_unspecified())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]
@@ -618,6 +642,25 @@ mod tests {
                 Ipv4Addr::new(192, 168, 50, 1),
                 Ipv4Addr::new(192, 168, 51, 1)
             ]
+        );
+        let all = local_addrs(
+            &serde_json::from_str(
+                r#"[{"ifindex":1,"ifname":"lo","addr_info":[
+                    {"family":"inet","local":"127.0.0.1","prefixlen":8}]},
+                    {"ifindex":5,"ifname":"vetha1","addr_info":[
+                    {"family":"inet","local":"10.244.1.1","prefixlen":32}]},
+                    {"ifindex":2,"ifname":"eth0","addr_info":[
+                    {"family":"inet","local":"192.168.50.1","prefixlen":24},
+                    {"family":"inet6","local":"fe80::1","prefixlen":64}]},
+                    {"ifindex":6,"ifname":"vetha2","addr_info":[
+                    {"family":"inet","local":"10.244.1.1","prefixlen":32}]}]"#,
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            all,
+            vec![Ipv4Addr::new(10, 244, 1, 1), Ipv4Addr::new(192, 168, 50, 1)],
+            "loopback and IPv6 left out, duplicates merged"
         );
         assert!(parse_links(&Value::Null).is_empty());
         assert!(parse_routes(&serde_json::json!([{"dst": "bogus", "dev": "x"}])).is_empty());

@@ -1,8 +1,11 @@
 //! The `kxdp` binary: one entry point for the daemon, the demo and the tools.
 #![forbid(unsafe_code)]
 
+mod demo;
+mod get;
 mod host;
 mod run;
+mod top;
 mod trace;
 
 use std::process::ExitCode;
@@ -25,6 +28,18 @@ enum Command {
     /// Run the node dataplane: AF_XDP workers fed by the XDP steering
     /// program, tables compiled from manifests and the host's interfaces.
     Run(run::RunArgs),
+    /// The embedded default: two kxdp nodes, pods, Services, DNS and a
+    /// NetworkPolicy in network namespaces on this machine, probed end to
+    /// end (needs root).
+    Demo(demo::DemoArgs),
+    /// The demo's stand-in for a pod's containers (started by `kxdp demo`).
+    #[command(name = "demo-serve", hide = true)]
+    DemoServe(demo::ServeArgs),
+    /// List what a running daemon serves (services, endpoints, pods,
+    /// policies, nodes, conntrack, stats) through its admin API.
+    Get(get::GetArgs),
+    /// Live per-worker packets/s and drops by reason of a running daemon.
+    Top(top::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +47,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Trace(args) => trace::run(args),
         Command::Run(args) => run::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::DemoServe(args) => demo::serve(args),
+        Command::Get(args) => get::run(args),
+        Command::Top(args) => top::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,15 +1,24 @@
 //! `kxdp run`: the node daemon.
 //!
 //! ```text
-//!  manifests (watched) ─► sync runner ─► compile(state, host env) ─► TableSlot
-//!                                 ▲                                   │ load per batch
+//!  manifests (watched)
+//!  or Kubernetes API ─► sync runner ─► compile(state, host env) ─► TableSlot
+//!                                 ▲      + PolicyCompiler (incremental) │ load per batch
 //!  main thread, every 100 ms:     │ host changed                      ▼
-//!    conntrack / affinity GC      │ (trigger)                   worker thread(s)
+//!    conntrack / affinity GC      │ (request_sync)              worker thread(s)
 //!    every --rescan-ms: host scan ┘ (uplink, pod veths, neighbours)  AF_XDP sockets
 //!      attach/detach pod veths, open/close their sockets ──────────►  on one UMEM
-//!    after each publish: steering maps (frontends, NodePorts, pod IPs, masquerade)
+//!    after each publish: steering maps (frontends, NodePorts, pod IPs, masquerade);
+//!      when policy changed: conntrack entries the new policy denies are flushed
+//!    every scan: host path maps (pod veth -> pod IP, node-local addresses)
 //!    SIGINT/SIGTERM: stop workers (sockets close), detach, unpin
 //! ```
+//!
+//! Desired state comes from `--manifests PATH`, or from the Kubernetes API
+//! (`--kubeconfig FILE`, or in-cluster when neither is given and
+//! `KUBERNETES_SERVICE_HOST` is set) through `kxdp_control::source::kube`;
+//! `--register-node` then writes this node's Flannel annotations (VTEP MAC =
+//! the uplink's MAC, public IP = the uplink's primary address, VNI 1).
 //!
 //! # Host requirements
 //!
@@ -34,12 +43,23 @@
 //!   worker's sockets, and every interface's queue belongs to one UMEM, so
 //!   several workers need a cross-worker hand-off that does not exist yet.
 //!   `--workers` other than 1 is refused.
-//! - `ToHost` frames from pod veths (a pod talking to its node beyond ping
-//!   and ARP of the gateway) are counted and dropped (see
-//!   `kxdp_dataplane::worker`).
-//! - Host changes trigger a recompile by re-applying this node's Node
-//!   object with the annotation [`HOST_SCAN_ANNOTATION`] (the runner has no
-//!   "recompile now" request yet).
+//! - A pod reaches its node through the steering program's host path
+//!   (`kxdp_ffi::xdp`): ARP replies from the pod and IPv4 from the pod to an
+//!   address configured in the node namespace (not a Service on it) go to
+//!   the kernel, which delivers them locally. Node-owned addresses the
+//!   kernel does not have (the pods' gateway when the CNI did not put it on
+//!   the host, the VTEP network address) stay kxdp's: it answers pings to
+//!   the gateway, other `ToHost` frames from pods are counted and released.
+//!
+//! # NetworkPolicy and revocation
+//!
+//! One [`PolicyCompiler`] lives in the compile callback, so each sync
+//! recompiles only the per-pod tables its changes affect. When a published
+//! generation changed any pod's policy (or the peers or node addresses it
+//! depends on), the publish hook removes every conntrack entry that
+//! generation would not admit as a new connection
+//! ([`kxdp_dataplane::pipeline::flush_revoked`]): an open connection that
+//! lost its permission stops at its next packet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,21 +72,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
-use k8s_openapi::api::core::v1::Node;
 
-use kxdp_control::admin::{start_admin, AdminState};
+use kxdp_control::admin::{start_admin_with, AdminState, DataplaneView};
 use kxdp_control::compile::{compile, CompileOptions, NodeEnvironment};
 use kxdp_control::metrics::{Metrics, PacketCounters};
-use kxdp_control::policy::compile_policies;
+use kxdp_control::policy::PolicyCompiler;
 use kxdp_control::runner::{
     spawn_runner, CompileInput, PublishEvent, RunnerConfig, Shared, Status, TableSlot,
 };
-use kxdp_control::source::files::{start_manifests_source, ManifestsConfig};
-use kxdp_control::source::{self, Object, SourceEvent};
+use kxdp_control::source;
+use kxdp_control::source::files::{start_manifests_source, ManifestsConfig, ManifestsSource};
+use kxdp_control::source::kube::{
+    start_kube_source, KubeConnect, KubeSource, KubeSourceConfig, NodeRegistration,
+};
 use kxdp_dataplane::conntrack::{AffinityTable, Conntrack, CtConfig};
 use kxdp_dataplane::io::afxdp::ring::CoreLimits;
 use kxdp_dataplane::io::afxdp::{BindMode, HugePages, PortConfig, StoreConfig, XskStore};
-use kxdp_dataplane::pipeline::Ingress;
+use kxdp_dataplane::pipeline::{flush_revoked, Ingress};
 use kxdp_dataplane::tables::{
     publication, IpProto, LocalPod, NeighbourTable, NodeConfig, PodTable, PolicyTable, RouteTable,
     ServiceTable, TableReader, TableSet, VxlanConfig,
@@ -81,10 +103,6 @@ use kxdp_ffi::xdp::{
 };
 
 use crate::host::{HostScanner, HostView};
-
-/// Annotation kxdp sets on its own Node object (in its in-memory state
-/// only) to make the sync runner recompile after a host change.
-pub const HOST_SCAN_ANNOTATION: &str = "kxdp.io/host-scan";
 
 /// How long a worker may take to open or close a socket.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -116,10 +134,20 @@ pub struct RunArgs {
     /// The node's underlay interface (VXLAN, Service and NodePort traffic).
     #[arg(long)]
     uplink: String,
-    /// Manifests file or directory, watched for changes. Required unless
-    /// --null-pipeline.
-    #[arg(long)]
+    /// Manifests file or directory, watched for changes (instead of the
+    /// Kubernetes API).
+    #[arg(long, conflicts_with = "kubeconfig")]
     manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API with this kubeconfig (its current
+    /// context). Without --manifests and --kubeconfig, the in-cluster
+    /// configuration is used when KUBERNETES_SERVICE_HOST is set.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Write this node's Flannel annotations (backend-data with the VTEP
+    /// MAC, backend-type, public-ip) on its Node object, so Flannel nodes
+    /// find it. Needs the Kubernetes API source.
+    #[arg(long)]
+    register_node: bool,
     /// Worker threads (only 1 is supported for now).
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -293,6 +321,8 @@ impl PacketCounters for WorkerPackets {
 struct Served {
     name: String,
     queues: u32,
+    /// Pod veths: the address its host path is enabled for.
+    pod_ip: Option<Ipv4Addr>,
 }
 
 /// The steering program plus the worker: attaches interfaces and keeps the
@@ -308,6 +338,8 @@ struct Dataplane {
     frontends: BTreeSet<(Ipv4Addr, u16, IpProto)>,
     node_ports: BTreeSet<(u16, IpProto)>,
     uplink_cfg: Option<UplinkConfig>,
+    /// Node-local addresses in the steering program's host path.
+    host_addrs: BTreeSet<Ipv4Addr>,
 }
 
 impl Dataplane {
@@ -360,6 +392,7 @@ impl Dataplane {
             Served {
                 name: name.to_owned(),
                 queues,
+                pod_ip: None,
             },
         );
         tracing::info!(
@@ -390,8 +423,11 @@ impl Dataplane {
     /// Serve exactly the pod veths of `view` (by ifindex): attach new
     /// ones, release vanished ones. Returns how many failed.
     fn sync_pods(&mut self, view: &HostView, uplink_ifindex: u32) -> usize {
-        let wanted: BTreeMap<u32, &str> =
-            view.pods.values().map(|i| (i.ifindex, &*i.name)).collect();
+        let wanted: BTreeMap<u32, (&str, Ipv4Addr)> = view
+            .pods
+            .iter()
+            .map(|(ip, i)| (i.ifindex, (&*i.name, *ip)))
+            .collect();
         let gone: Vec<u32> = self
             .served
             .keys()
@@ -402,20 +438,61 @@ impl Dataplane {
             self.release(ifindex);
         }
         let mut failed = 0;
-        for (ifindex, name) in wanted {
-            if self.served.contains_key(&ifindex) {
-                continue;
+        for (ifindex, (name, ip)) in wanted {
+            if !self.served.contains_key(&ifindex) {
+                if let Err(e) = self.attach(name, ifindex, Role::Pod, Ingress::Pod { ifindex }) {
+                    failed += 1;
+                    tracing::warn!(
+                        interface = name,
+                        error = format!("{e:#}"),
+                        "cannot serve pod interface (retrying at the next scan)"
+                    );
+                    continue;
+                }
             }
-            if let Err(e) = self.attach(name, ifindex, Role::Pod, Ingress::Pod { ifindex }) {
-                failed += 1;
-                tracing::warn!(
-                    interface = name,
-                    error = format!("{e:#}"),
-                    "cannot serve pod interface (retrying at the next scan)"
-                );
+            let Some(served) = self.served.get_mut(&ifindex) else {
+                continue;
+            };
+            if served.pod_ip != Some(ip) {
+                match self.steering.set_pod_address(ifindex, Some(ip)) {
+                    Ok(()) => served.pod_ip = Some(ip),
+                    Err(e) => {
+                        failed += 1;
+                        tracing::warn!(interface = name, error = %e, "enabling the host path");
+                    }
+                }
             }
         }
         failed
+    }
+
+    /// Makes the host path's address set match `addrs` (the node's local
+    /// addresses).
+    fn sync_host_addrs(&mut self, addrs: &[Ipv4Addr]) {
+        let wanted: BTreeSet<Ipv4Addr> = addrs
+            .iter()
+            .copied()
+            .take(kxdp_ffi::xdp::MAX_HOST_ADDRS)
+            .collect();
+        for ip in self.host_addrs.difference(&wanted) {
+            if let Err(e) = self.steering.remove_host_addr(*ip) {
+                tracing::warn!(error = %e, "steering map");
+            }
+        }
+        let mut synced: BTreeSet<Ipv4Addr> =
+            self.host_addrs.intersection(&wanted).copied().collect();
+        for ip in wanted.difference(&self.host_addrs) {
+            match self.steering.add_host_addr(*ip) {
+                Ok(()) => {
+                    synced.insert(*ip);
+                }
+                Err(e) => tracing::warn!(error = %e, "steering map"),
+            }
+        }
+        if synced != self.host_addrs {
+            tracing::info!(addrs = ?synced, "host path addresses");
+        }
+        self.host_addrs = synced;
     }
 
     /// Makes the steering maps match `t`.
@@ -606,20 +683,82 @@ fn write_ready(args: &RunArgs) {
 /// Host state shared by the main loop and the compile callback.
 struct HostShared {
     env: Mutex<NodeEnvironment>,
-    /// This node's Node object as last published (to re-apply it).
-    node: Mutex<Option<Node>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Where desired state comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SourceChoice {
+    Manifests(PathBuf),
+    Kube(KubeConnectChoice),
+}
+
+/// [`KubeConnect`] without the test-only variant (comparable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum KubeConnectChoice {
+    InCluster,
+    Kubeconfig(PathBuf),
+}
+
+/// `--manifests`, else `--kubeconfig`, else in-cluster when
+/// `KUBERNETES_SERVICE_HOST` is set (`in_cluster_host`).
+fn choose_source(
+    manifests: Option<&PathBuf>,
+    kubeconfig: Option<&PathBuf>,
+    in_cluster_host: Option<&str>,
+    register_node: bool,
+) -> Result<SourceChoice> {
+    let choice = match (manifests, kubeconfig) {
+        (Some(_), Some(_)) => bail!("--manifests and --kubeconfig exclude each other"),
+        (Some(m), None) => SourceChoice::Manifests(m.clone()),
+        (None, Some(k)) => SourceChoice::Kube(KubeConnectChoice::Kubeconfig(k.clone())),
+        (None, None) => match in_cluster_host {
+            Some(h) if !h.is_empty() => SourceChoice::Kube(KubeConnectChoice::InCluster),
+            _ => bail!(
+                "no source of desired state: give --manifests PATH or --kubeconfig FILE, \
+                 or run in a pod (KUBERNETES_SERVICE_HOST)"
+            ),
+        },
+    };
+    if register_node && matches!(choice, SourceChoice::Manifests(_)) {
+        bail!("--register-node needs the Kubernetes API source (not --manifests)");
+    }
+    Ok(choice)
+}
+
+/// The running source of desired state.
+enum StateSource {
+    Manifests(ManifestsSource),
+    Kube(KubeSource),
+}
+
+impl StateSource {
+    fn last_error(&self) -> Option<String> {
+        match self {
+            StateSource::Manifests(m) => m.last_error(),
+            // The Kubernetes source reports through Health events and logs.
+            StateSource::Kube(_) => None,
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            StateSource::Manifests(m) => m.stop(),
+            StateSource::Kube(k) => k.stop(),
+        }
+    }
+}
+
 fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
-    let manifests = args.manifests.clone().ok_or_else(|| {
-        anyhow!(
-            "--manifests is required (the Kubernetes API source is not wired into `kxdp run` yet)"
-        )
-    })?;
+    let choice = choose_source(
+        args.manifests.as_ref(),
+        args.kubeconfig.as_ref(),
+        std::env::var("KUBERNETES_SERVICE_HOST").ok().as_deref(),
+        args.register_node,
+    )?;
     let mut scanner = HostScanner::new(&args.uplink);
     let mut view = scanner.scan().context("scanning the host")?;
     tracing::info!(
@@ -632,19 +771,35 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     );
     let host = Arc::new(HostShared {
         env: Mutex::new(environment(&view)),
-        node: Mutex::new(None),
     });
+    let ct = Arc::new(Conntrack::new(CtConfig::new(args.conntrack_size)));
+    let aff = Arc::new(AffinityTable::new((args.conntrack_size / 4).max(1), None));
 
     // Control plane: manifests source -> runner -> table slot; admin API.
     let runner_cfg = RunnerConfig::default();
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(Status::new(&runner_cfg));
     let slot = Arc::new(TableSlot::new());
+    let dataplane_view = DataplaneView::new();
+    dataplane_view.set_conntrack(ct.clone());
     let mut hooks: Vec<kxdp_control::runner::PublishHook> = Vec::new();
-    let node_name = args.node.clone();
-    let hook_host = host.clone();
+    // Set by the compile callback when a generation changed policy; the
+    // hook runs after that generation is published, so flows the new
+    // tables deny are removed once no worker can admit them again.
+    let revoke = Arc::new(AtomicBool::new(false));
+    let hook_revoke = revoke.clone();
+    let hook_ct = ct.clone();
     hooks.push(Box::new(move |ev: &PublishEvent<'_>| {
-        *lock(&hook_host.node) = ev.state.nodes.get(&node_name).cloned();
+        if hook_revoke.swap(false, Ordering::AcqRel) {
+            let t0 = Instant::now();
+            let n = flush_revoked(&hook_ct, ev.tables);
+            tracing::info!(
+                generation = ev.tables.generation,
+                flushed = n,
+                took_us = t0.elapsed().as_micros() as u64,
+                "policy changed: revoked connections flushed"
+            );
+        }
     }));
     let admin = if args.admin == "off" {
         None
@@ -653,7 +808,7 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
             .admin
             .parse()
             .with_context(|| format!("--admin {:?}", args.admin))?;
-        let server = start_admin(
+        let server = start_admin_with(
             addr,
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             AdminState {
@@ -661,6 +816,7 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
                 metrics: metrics.clone(),
                 tables: slot.clone(),
             },
+            dataplane_view.clone(),
         )
         .context("starting the admin API")?;
         hooks.push(server.health_checks().publish_hook());
@@ -671,6 +827,8 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     let mut opts = CompileOptions::new(&args.node);
     opts.masquerade_port_range = args.masquerade_ports;
     let compile_host = host.clone();
+    let mut policy = PolicyCompiler::new();
+    let compile_revoke = revoke.clone();
     let compile_fn = move |input: &CompileInput<'_>| -> std::result::Result<TableSet, String> {
         let env = lock(&compile_host.env).clone();
         let out = compile(input.state, &env, &opts, input.generation).map_err(|e| e.to_string())?;
@@ -679,15 +837,23 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         }
         let mut tables = out.tables;
         let local: Vec<LocalPod> = tables.pods.iter().cloned().collect();
-        let pol = compile_policies(input.state, &opts.node_name, &tables.node.node_ips, &local);
+        // Incremental: only the per-pod tables this change affects are
+        // rebuilt, the rest is shared with the previous generation.
+        let pol = policy.update(input.state, &opts.node_name, &tables.node.node_ips, &local);
         for w in &pol.warnings {
             tracing::debug!(warning = %w, "policy");
+        }
+        if !pol.changes.is_empty() {
+            compile_revoke.store(true, Ordering::Release);
         }
         tables.policy = pol.table;
         tracing::info!(
             generation = tables.generation,
+            full = input.full,
             pods = tables.pods.len(),
             frontends = tables.services.frontend_count(),
+            policy_slots_changed = pol.changes.slots.len(),
+            policies_recompiled = pol.stats.policies_recompiled,
             warnings = out.warnings.len() + pol.warnings.len(),
             "tables compiled"
         );
@@ -705,12 +871,47 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         },
     )
     .context("starting the sync runner")?;
-    let source = start_manifests_source(
-        ManifestsConfig::new(&manifests),
-        events_tx.clone(),
-        metrics.clone(),
-    )
-    .context("starting the manifests source")?;
+    let source = match &choice {
+        SourceChoice::Manifests(path) => StateSource::Manifests(
+            start_manifests_source(
+                ManifestsConfig::new(path),
+                events_tx.clone(),
+                metrics.clone(),
+            )
+            .context("starting the manifests source")?,
+        ),
+        SourceChoice::Kube(connect) => {
+            let connect = match connect {
+                KubeConnectChoice::InCluster => KubeConnect::InCluster,
+                KubeConnectChoice::Kubeconfig(p) => KubeConnect::Kubeconfig(p.clone()),
+            };
+            let mut cfg = KubeSourceConfig::default();
+            if args.register_node {
+                let public_ip = view
+                    .uplink
+                    .addrs
+                    .first()
+                    .copied()
+                    .ok_or_else(|| anyhow!("the uplink has no IPv4 address to register"))?;
+                // kxdp's VTEP is the uplink itself: its MAC is the VtepMAC.
+                cfg.register = Some(NodeRegistration {
+                    node_name: args.node.clone(),
+                    public_ip,
+                    vtep_mac: view.uplink.mac,
+                    vni: 1,
+                });
+            }
+            tracing::info!(
+                ?connect,
+                register = args.register_node,
+                "watching the Kubernetes API"
+            );
+            StateSource::Kube(
+                start_kube_source(connect, cfg, events_tx.clone(), metrics.clone())
+                    .context("starting the Kubernetes API source")?,
+            )
+        }
+    };
 
     let reader = loop {
         if let Some(r) = slot.wait_reader(TICK) {
@@ -726,10 +927,9 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         }
     };
 
-    let ct = Arc::new(Conntrack::new(CtConfig::new(args.conntrack_size)));
-    let aff = Arc::new(AffinityTable::new((args.conntrack_size / 4).max(1), None));
     let worker = spawn_worker_with(args, reader, Forwarding::Pipeline, ct.clone(), aff.clone())?;
     metrics.set_packet_counters(Arc::new(WorkerPackets(vec![worker.stats()])));
+    dataplane_view.set_workers(vec![worker.stats()]);
     let mut dp = Dataplane {
         steering: load_steering(args)?,
         worker,
@@ -740,6 +940,7 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         frontends: BTreeSet::new(),
         node_ports: BTreeSet::new(),
         uplink_cfg: None,
+        host_addrs: BTreeSet::new(),
     };
     let uplink_ifindex = view.uplink.ifindex;
     let serve = (|| -> Result<()> {
@@ -748,6 +949,7 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         if let Some(t) = slot.current() {
             dp.sync_maps(&t);
         }
+        dp.sync_host_addrs(&view.local_addrs);
         dp.attach(
             &view.uplink.name.clone(),
             uplink_ifindex,
@@ -765,7 +967,6 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     let mut failed = dp.sync_pods(&view, uplink_ifindex);
     let mut ready = false;
     let mut synced_gen: Option<u64> = None;
-    let mut scan_version: u64 = 0;
     let mut last_scan = Instant::now();
     let rescan = Duration::from_millis(args.rescan_ms.max(100));
     let mut last_report = Instant::now();
@@ -809,6 +1010,7 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
                             new.uplink.ifindex
                         );
                     }
+                    dp.sync_host_addrs(&new.local_addrs);
                     failed = dp.sync_pods(&new, uplink_ifindex);
                     if let Some(t) = slot.current() {
                         let hops = t
@@ -820,9 +1022,8 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
                         scanner.resolve(&new, hops);
                     }
                     if new != view {
-                        scan_version += 1;
                         *lock(&host.env) = environment(&new);
-                        trigger_recompile(&host, &events_tx, scan_version);
+                        runner.request_sync();
                         tracing::info!(
                             pods = new.pods.len(),
                             neighbours = new.neighbour_list.len(),
@@ -882,22 +1083,6 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-/// Re-applies this node's Node object with a new [`HOST_SCAN_ANNOTATION`]
-/// so the runner recompiles with the new host environment.
-fn trigger_recompile(host: &HostShared, events: &source::EventSender, version: u64) {
-    let Some(mut node) = lock(&host.node).clone() else {
-        // Nothing published yet: the first compile reads the new env.
-        return;
-    };
-    node.metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(HOST_SCAN_ANNOTATION.to_owned(), version.to_string());
-    if events.send(SourceEvent::Apply(Object::Node(node))).is_err() {
-        tracing::warn!("sync runner gone: host change not applied");
-    }
-}
-
 /// Tables for `--null-pipeline`: nothing but a node config.
 fn empty_tables(node: &str) -> TableSet {
     TableSet {
@@ -942,6 +1127,7 @@ fn run_null(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         frontends: BTreeSet::new(),
         node_ports: BTreeSet::new(),
         uplink_cfg: None,
+        host_addrs: BTreeSet::new(),
     };
     let setup = (|| -> Result<()> {
         for (a, b) in &args.null_pairs {
@@ -1011,6 +1197,29 @@ mod tests {
         assert_eq!(proto_of(IpProto::Udp), Some(Proto::Udp));
         assert_eq!(proto_of(IpProto::Sctp), Some(Proto::Sctp));
         assert_eq!(proto_of(IpProto::Icmp), None);
+    }
+
+    #[test]
+    fn source_choice_prefers_flags_then_in_cluster() {
+        let m = PathBuf::from("/m.yaml");
+        let k = PathBuf::from("/kubeconfig");
+        assert_eq!(
+            choose_source(Some(&m), None, Some("10.0.0.1"), false).unwrap(),
+            SourceChoice::Manifests(m.clone())
+        );
+        assert_eq!(
+            choose_source(None, Some(&k), Some("10.0.0.1"), true).unwrap(),
+            SourceChoice::Kube(KubeConnectChoice::Kubeconfig(k.clone()))
+        );
+        assert_eq!(
+            choose_source(None, None, Some("10.0.0.1"), true).unwrap(),
+            SourceChoice::Kube(KubeConnectChoice::InCluster)
+        );
+        assert!(choose_source(None, None, None, false).is_err());
+        assert!(choose_source(None, None, Some(""), false).is_err());
+        assert!(choose_source(Some(&m), Some(&k), None, false).is_err());
+        let e = choose_source(Some(&m), None, None, true).unwrap_err();
+        assert!(e.to_string().contains("--register-node"), "{e}");
     }
 
     #[test]

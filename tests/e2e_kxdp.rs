@@ -433,3 +433,117 @@ fn e2e_measure_pod_to_cluster_ip_to_remote_pod_udp() {
             .join("\n")
     );
 }
+
+/// The steering program's host path: the node reaches its pods (the pods'
+/// ARP replies reach the kernel) and pods reach the node's own addresses
+/// (node IP, and the gateway once the node carries it like CNI ptp does),
+/// without going through kxdp's workers.
+#[test]
+fn e2e_node_and_its_pods_reach_each_other() {
+    let Some(mut c) = cluster("e2e_node_and_its_pods_reach_each_other") else {
+        return;
+    };
+    let (a1_ip, node_ip, gw) = {
+        let n = c.topo.node("node-a").expect("node-a");
+        (c.pod("a1").ip, n.ip, n.gateway)
+    };
+    let before = c.metrics();
+    let to_host_before = metric(
+        &before,
+        r#"kxdp_forward_packets_total{direction="to-host"}"#,
+    );
+
+    // Node -> pod: the kernel resolves the pod (its ARP reply must reach
+    // the kernel) and sends directly on the veth; the answers come back
+    // through the host path.
+    let r = ping(&c.topo.node("node-a").expect("node-a").ns, a1_ip, 3);
+    c.check("ping node-a -> a1", r);
+    let srv = tcp_echo_server(&c.pod("a1").ns, 8080, IO_TIMEOUT);
+    let srv = c.check("server in a1", srv);
+    let r = tcp_echo_client(
+        &c.topo.node("node-a").expect("node-a").ns,
+        a1_ip,
+        8080,
+        TRANSFER,
+        IO_TIMEOUT,
+    );
+    c.check("TCP node-a -> a1", r);
+    let r = srv.join().map_err(|_| "server panicked".to_string());
+    let r = c.check("a1 server", r);
+    c.check("a1 server", r);
+
+    // Pod -> node IP (a server the node runs, e.g. a host DNS resolver).
+    let srv = tcp_echo_server(&c.topo.node("node-a").expect("node-a").ns, 9053, IO_TIMEOUT);
+    let srv = c.check("server in node-a", srv);
+    let r = tcp_echo_client(&c.pod("a1").ns, node_ip, 9053, TRANSFER, IO_TIMEOUT);
+    c.check("TCP a1 -> node IP", r);
+    let r = srv.join().map_err(|_| "server panicked".to_string());
+    let r = c.check("node server", r);
+    c.check("node server", r);
+    c.assert_no_to_host(to_host_before, "node <-> pod traffic");
+
+    // The gateway on the host side (what CNI ptp does); kxdp picks the new
+    // local address up at its next host scan.
+    let r = c
+        .topo
+        .node("node-a")
+        .expect("node-a")
+        .ns
+        .ip(&["addr", "add", &format!("{gw}/32"), "dev", "vetha1"])
+        .map(|_| ());
+    c.check("gateway on vetha1", r);
+    let mut reached = Err("not tried".to_string());
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(500));
+        let srv = tcp_echo_server(&c.topo.node("node-a").expect("node-a").ns, 9054, IO_TIMEOUT);
+        let srv = c.check("server on the gateway", srv);
+        reached = tcp_echo_client(&c.pod("a1").ns, gw, 9054, 4096, Duration::from_secs(2));
+        if reached.is_err() {
+            // Unblock the server with a connection from the node itself.
+            let _ = tcp_connect_result(
+                &c.topo.node("node-a").expect("node-a").ns,
+                gw,
+                9054,
+                Duration::from_secs(1),
+            );
+        }
+        let _ = srv.join();
+        if reached.is_ok() {
+            break;
+        }
+    }
+    c.check("TCP a1 -> gateway (kernel-owned)", reached);
+    // Once the scan has it, the gateway's traffic never reaches a worker.
+    std::thread::sleep(Duration::from_millis(300));
+    let m = c.metrics();
+    let to_host_before = metric(&m, r#"kxdp_forward_packets_total{direction="to-host"}"#);
+    let srv = tcp_echo_server(&c.topo.node("node-a").expect("node-a").ns, 9055, IO_TIMEOUT);
+    let srv = c.check("server on the gateway", srv);
+    let r = tcp_echo_client(&c.pod("a1").ns, gw, 9055, TRANSFER, IO_TIMEOUT);
+    c.check("TCP a1 -> gateway", r);
+    let r = srv.join().map_err(|_| "server panicked".to_string());
+    let r = c.check("gateway server", r);
+    c.check("gateway server", r);
+    let r = ping(&c.pod("a1").ns, gw, 3);
+    c.check("ping a1 -> gateway (answered by the kernel now)", r);
+    c.assert_no_to_host(to_host_before, "pod -> gateway traffic");
+    // Pod-to-pod still goes through kxdp.
+    let r = ping(&c.pod("a1").ns, c.pod("a2").ip, 3);
+    c.check("ping a1 -> a2", r);
+}
+
+impl Cluster {
+    /// Asserts no worker released a frame as ToHost since `before` (the
+    /// `to-host` counter's earlier value).
+    fn assert_no_to_host(&mut self, before: Option<f64>, what: &str) {
+        // Worker stats are published every 100 ms.
+        std::thread::sleep(Duration::from_millis(300));
+        let after = self.metrics();
+        let now = metric(&after, r#"kxdp_forward_packets_total{direction="to-host"}"#);
+        assert_eq!(
+            now.unwrap_or(0.0),
+            before.unwrap_or(0.0),
+            "{what} reached a worker as ToHost:\n{after}"
+        );
+    }
+}

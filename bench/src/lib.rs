@@ -4,4 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod fixture;
+pub mod policy;
 pub mod stats;

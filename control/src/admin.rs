@@ -12,6 +12,30 @@
 //!   first generation is published; 503 with what is missing otherwise.
 //! - `GET /metrics` — Prometheus/OpenMetrics text ([`crate::metrics`]).
 //! - `GET /debug/tables` — the current generation as JSON (503 before one).
+//! - `GET /debug/services` — every Service port with its frontends (which
+//!   `/debug/tables` leaves out) and endpoints: `{"generation": N,
+//!   "services": [{"namespace", "name", "port_name", "proto", "port",
+//!   "node_port", "frontends": [{"ip", "port", "kind"}], "endpoints":
+//!   [{"ip", "port", "local"}], "has_endpoints"}]}`, sorted by name.
+//! - `GET /debug/policies` — every local pod's policy, per direction, as
+//!   `PolicyTable::explain_all` gives it (the format `kxdp trace` prints):
+//!   `{"generation": N, "policies": [PolicyExplanation, ...]}`.
+//! - `GET /debug/conntrack?limit=N` — live (unexpired) conntrack entries,
+//!   at most `limit` (default [`DEFAULT_CONNTRACK_LIMIT`], capped at
+//!   [`MAX_CONNTRACK_LIMIT`]): `{"count": live entries, "capacity": N,
+//!   "truncated": bool, "entries": [{"original": tuple, "reply": tuple,
+//!   "state", "flags": [..], "service_port", "policy_generation",
+//!   "expires_in_ms"}]}`; a tuple is `{"src","dst","sport","dport","proto"}`.
+//! - `GET /debug/stats` — per-worker counters: `{"now_ns": N, "workers":
+//!   [{"worker", "published_ns", "rx", "forwarded": {"to-pod", "vxlan",
+//!   "uplink", "reply", "to-host"}, "drops": {reason name: N}, "loop":
+//!   {..}, "free_frames", "ports": [{"ifindex", "ingress", counters..}]}]}`.
+//!   Times are on the dataplane's monotonic clock (rates come from the
+//!   difference of two samples' `published_ns`).
+//!
+//! The last two read the live dataplane through a [`DataplaneView`] given
+//! to [`start_admin_with`]; without one (or before the daemon filled it)
+//! they answer 503.
 //!
 //! Health check node ports (eTP=Local LoadBalancer Services): after every
 //! publish [`HealthChecks::sync`] opens one listener per
@@ -26,12 +50,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
 
+use axum::extract::Query;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use kxdp_dataplane::conntrack::{Conntrack, CtEntryView, CtMeta};
 use kxdp_dataplane::tables::TableSet;
+use kxdp_dataplane::worker::{monotonic_ns, SharedStats, WorkerSnapshot};
+use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -42,6 +70,224 @@ use crate::runner::{PublishEvent, PublishHook, Status, TableSlot};
 
 /// Default admin address, like kube-proxy's healthz server.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:10256";
+
+/// Entries `/debug/conntrack` returns without `?limit=`.
+pub const DEFAULT_CONNTRACK_LIMIT: usize = 1000;
+/// Most entries `/debug/conntrack` returns whatever `?limit=` asks.
+pub const MAX_CONNTRACK_LIMIT: usize = 100_000;
+
+/// The live dataplane the debug endpoints read: the conntrack table and the
+/// workers' statistics. Cheap to clone; the daemon fills it once its
+/// dataplane exists (the admin server starts before).
+#[derive(Clone, Default)]
+pub struct DataplaneView {
+    inner: Arc<Mutex<DataplaneParts>>,
+}
+
+#[derive(Default)]
+struct DataplaneParts {
+    conntrack: Option<Arc<Conntrack>>,
+    workers: Vec<Arc<SharedStats>>,
+}
+
+impl std::fmt::Debug for DataplaneView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataplaneView").finish_non_exhaustive()
+    }
+}
+
+impl DataplaneView {
+    /// An empty view (debug endpoints answer 503 until filled).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DataplaneParts> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The conntrack table `/debug/conntrack` lists.
+    pub fn set_conntrack(&self, ct: Arc<Conntrack>) {
+        self.lock().conntrack = Some(ct);
+    }
+
+    /// The workers whose snapshots `/debug/stats` reports, in worker order.
+    pub fn set_workers(&self, workers: Vec<Arc<SharedStats>>) {
+        self.lock().workers = workers;
+    }
+
+    fn conntrack(&self) -> Option<Arc<Conntrack>> {
+        self.lock().conntrack.clone()
+    }
+
+    fn snapshots(&self) -> Vec<Arc<WorkerSnapshot>> {
+        self.lock().workers.iter().map(|w| w.load()).collect()
+    }
+}
+
+/// Names of the [`CtMeta`] flag bits, for JSON.
+const CT_FLAGS: [(u16, &str); 5] = [
+    (CtMeta::DNAT, "dnat"),
+    (CtMeta::SNAT, "snat"),
+    (CtMeta::HAIRPIN, "hairpin"),
+    (CtMeta::FROM_UPLINK, "from-uplink"),
+    (CtMeta::REMOTE, "remote"),
+];
+
+/// One conntrack entry as `/debug/conntrack` shows it.
+pub fn conntrack_entry_json(e: &CtEntryView, now_ns: u64) -> serde_json::Value {
+    let tuple = |k: &kxdp_dataplane::conntrack::FlowKey| {
+        json!({
+            "src": k.src.to_string(),
+            "dst": k.dst.to_string(),
+            "sport": k.sport,
+            "dport": k.dport,
+            "proto": k.proto,
+        })
+    };
+    let flags: Vec<&str> = CT_FLAGS
+        .iter()
+        .filter(|(bit, _)| e.meta.has(*bit))
+        .map(|(_, n)| *n)
+        .collect();
+    json!({
+        "original": tuple(&e.original),
+        "reply": tuple(&e.reply),
+        "state": e.state.name(),
+        "flags": flags,
+        "service_port": (e.meta.service_port != CtMeta::NO_SERVICE).then_some(e.meta.service_port),
+        "policy_generation": e.meta.policy_generation,
+        "expires_in_ms": e.expires_ns().saturating_sub(now_ns) / 1_000_000,
+    })
+}
+
+/// The `/debug/conntrack` body: at most `limit` live entries of `ct`.
+pub fn conntrack_json(ct: &Conntrack, limit: usize, now_ns: u64) -> serde_json::Value {
+    let mut entries = Vec::new();
+    let mut count = 0usize;
+    for e in ct.iter().filter(|e| !e.is_expired(now_ns)) {
+        count += 1;
+        if entries.len() < limit {
+            entries.push(conntrack_entry_json(&e, now_ns));
+        }
+    }
+    json!({
+        "count": count,
+        "capacity": ct.capacity(),
+        "truncated": count > entries.len(),
+        "entries": entries,
+    })
+}
+
+/// One worker's snapshot as `/debug/stats` shows it.
+pub fn worker_stats_json(s: &WorkerSnapshot) -> serde_json::Value {
+    let p = &s.pipeline;
+    let drops: serde_json::Map<String, serde_json::Value> = p
+        .drops
+        .nonzero()
+        .map(|(r, n)| (r.name().to_owned(), json!(n)))
+        .collect();
+    let c = &s.counters;
+    let ports: Vec<serde_json::Value> = s
+        .ports
+        .iter()
+        .map(|ps| {
+            let st = &ps.stats;
+            json!({
+                "ifindex": ps.ifindex,
+                "ingress": match ps.ingress {
+                    kxdp_dataplane::pipeline::Ingress::Uplink => "uplink",
+                    kxdp_dataplane::pipeline::Ingress::Pod { .. } => "pod",
+                },
+                "rx_packets": st.rx_packets,
+                "rx_bytes": st.rx_bytes,
+                "tx_packets": st.tx_packets,
+                "tx_bytes": st.tx_bytes,
+                "tx_dropped": st.tx_dropped,
+                "tx_completed": st.tx_completed,
+                "rx_ring_full": st.rx_ring_full,
+                "fill_ring_empty": st.fill_ring_empty,
+                "rx_dropped": st.rx_dropped,
+            })
+        })
+        .collect();
+    json!({
+        "worker": s.worker,
+        "published_ns": s.published_ns,
+        "rx": p.rx,
+        "forwarded": {
+            "to-pod": p.forwarded_pod,
+            "vxlan": p.forwarded_vxlan,
+            "uplink": p.forwarded_uplink,
+            "reply": p.replies,
+            "to-host": p.to_host,
+        },
+        "drops": drops,
+        "loop": {
+            "iterations": c.iterations,
+            "idle_iterations": c.idle_iterations,
+            "batches": c.batches,
+            "no_egress_port": c.no_egress_port,
+            "to_host_released": c.to_host_released,
+            "frame_errors": c.frame_errors,
+            "null_forwarded": c.null_forwarded,
+            "null_no_peer": c.null_no_peer,
+        },
+        "free_frames": s.free_frames,
+        "ports": ports,
+    })
+}
+
+/// The `/debug/services` body for `t`.
+pub fn services_json(t: &TableSet) -> serde_json::Value {
+    let mut frontends: BTreeMap<u32, Vec<serde_json::Value>> = BTreeMap::new();
+    let mut keys: Vec<_> = t.services.frontends().collect();
+    keys.sort_by_key(|(k, _)| (k.ip, k.port, k.proto.name()));
+    for (k, f) in keys {
+        frontends.entry(f.service_port).or_default().push(json!({
+            "ip": k.ip.to_string(),
+            "port": k.port,
+            "kind": f.kind,
+        }));
+    }
+    let mut services: Vec<(String, serde_json::Value)> = t
+        .services
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let endpoints: Vec<serde_json::Value> = p
+                .cluster
+                .backends
+                .iter()
+                .map(|b| json!({"ip": b.ip.to_string(), "port": b.port, "local": b.local}))
+                .collect();
+            let fe = u32::try_from(i)
+                .ok()
+                .and_then(|i| frontends.remove(&i))
+                .unwrap_or_default();
+            (
+                p.display_name(),
+                json!({
+                    "namespace": &*p.namespace,
+                    "name": &*p.name,
+                    "port_name": &*p.port_name,
+                    "proto": p.proto.name(),
+                    "port": p.port,
+                    "node_port": p.node_port,
+                    "frontends": fe,
+                    "endpoints": endpoints,
+                    "has_endpoints": p.has_endpoints,
+                }),
+            )
+        })
+        .collect();
+    services.sort_by(|a, b| a.0.cmp(&b.0));
+    json!({
+        "generation": t.generation,
+        "services": services.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+    })
+}
 
 /// Errors starting the admin server or a health check server.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +368,17 @@ pub fn start_admin(
     health_check_ip: IpAddr,
     state: AdminState,
 ) -> Result<AdminServer, AdminError> {
+    start_admin_with(addr, health_check_ip, state, DataplaneView::new())
+}
+
+/// [`start_admin`] with the live dataplane behind `/debug/conntrack` and
+/// `/debug/stats`.
+pub fn start_admin_with(
+    addr: SocketAddr,
+    health_check_ip: IpAddr,
+    state: AdminState,
+    dataplane: DataplaneView,
+) -> Result<AdminServer, AdminError> {
     let listener =
         std::net::TcpListener::bind(addr).map_err(|source| AdminError::Bind { addr, source })?;
     let local_addr = listener
@@ -144,7 +401,7 @@ pub fn start_admin(
         })),
         status: state.status.clone(),
     };
-    let app = router(state);
+    let app = router(state, dataplane);
     let thread = std::thread::Builder::new()
         .name("kxdp-admin".into())
         .spawn(move || {
@@ -175,14 +432,95 @@ pub fn start_admin(
     })
 }
 
-fn router(state: AdminState) -> Router {
+fn router(state: AdminState, dataplane: DataplaneView) -> Router {
+    let live = Router::new()
+        .route("/debug/conntrack", get(debug_conntrack))
+        .route("/debug/stats", get(debug_stats))
+        .with_state(dataplane);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/livez", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/debug/tables", get(debug_tables))
+        .route("/debug/policies", get(debug_policies))
+        .route("/debug/services", get(debug_services))
         .with_state(state)
+        .merge(live)
+}
+
+#[derive(Debug, Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+fn unavailable(what: &str) -> Response {
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({ "error": format!("{what} not available yet") }),
+    )
+}
+
+async fn debug_conntrack(State(dp): State<DataplaneView>, Query(q): Query<LimitQuery>) -> Response {
+    let Some(ct) = dp.conntrack() else {
+        return unavailable("conntrack");
+    };
+    let limit = q
+        .limit
+        .unwrap_or(DEFAULT_CONNTRACK_LIMIT)
+        .min(MAX_CONNTRACK_LIMIT);
+    // A walk over every slot: keep it off the runtime.
+    let body =
+        tokio::task::spawn_blocking(move || conntrack_json(&ct, limit, monotonic_ns())).await;
+    match body {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+async fn debug_stats(State(dp): State<DataplaneView>) -> Response {
+    let snaps = dp.snapshots();
+    if snaps.is_empty() {
+        return unavailable("worker statistics");
+    }
+    let workers: Vec<serde_json::Value> = snaps.iter().map(|s| worker_stats_json(s)).collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "now_ns": monotonic_ns(), "workers": workers }),
+    )
+}
+
+async fn debug_services(State(s): State<AdminState>) -> Response {
+    let Some(tables) = s.tables.current() else {
+        return unavailable("tables");
+    };
+    match tokio::task::spawn_blocking(move || services_json(&tables)).await {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+async fn debug_policies(State(s): State<AdminState>) -> Response {
+    let Some(tables) = s.tables.current() else {
+        return unavailable("tables");
+    };
+    let body = serde_json::to_value(tables.policy.explain_all());
+    match body {
+        Ok(policies) => json_response(
+            StatusCode::OK,
+            &json!({ "generation": tables.generation, "policies": policies }),
+        ),
+        Err(e) => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": e.to_string()}),
+        ),
+    }
 }
 
 fn rfc3339(t: SystemTime) -> String {

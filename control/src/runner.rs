@@ -16,6 +16,11 @@
 //!   are timed in `kxdp_sync_duration_seconds{mode}`.
 //! - A failed compile publishes nothing: the previous generation keeps
 //!   serving, the error is logged and counted, and the next sync is full.
+//! - [`RunnerHandle::request_sync`] asks for a full sync although no
+//!   object changed (the compile callback reads inputs besides the state,
+//!   e.g. the host's interfaces): it runs once `min_interval` has passed
+//!   since the previous sync, whether sources are healthy or not, and is
+//!   full.
 //! - Each successful compile is published with one atomic store
 //!   ([`TableSlot`]); generations count up by one per publish.
 //!
@@ -275,10 +280,17 @@ pub struct Shared {
 #[derive(Debug)]
 pub struct RunnerHandle {
     stop: Arc<AtomicBool>,
+    sync_requested: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl RunnerHandle {
+    /// Ask for a full sync soon (see the module docs). Requests made
+    /// before that sync starts are merged into it.
+    pub fn request_sync(&self) {
+        self.sync_requested.store(true, Ordering::Release);
+    }
+
     /// Stop the thread and wait for it (at most one poll interval plus a
     /// compile in progress).
     pub fn stop(mut self) {
@@ -310,7 +322,9 @@ where
     E: fmt::Display,
 {
     let stop = Arc::new(AtomicBool::new(false));
+    let sync_requested = Arc::new(AtomicBool::new(false));
     let runner = Runner {
+        sync_requested: sync_requested.clone(),
         config,
         tracker: ChangeTracker::new(),
         compile,
@@ -327,6 +341,7 @@ where
         .spawn(move || runner.run(events))?;
     Ok(RunnerHandle {
         stop,
+        sync_requested,
         thread: Some(thread),
     })
 }
@@ -342,6 +357,7 @@ struct Runner<C> {
     need_full: bool,
     generation: u64,
     stop: Arc<AtomicBool>,
+    sync_requested: Arc<AtomicBool>,
 }
 
 impl<C, E> Runner<C>
@@ -389,7 +405,7 @@ where
             return Some(now);
         };
         let mut due: Option<Instant> = None;
-        if self.tracker.has_changes() {
+        if self.tracker.has_changes() || self.sync_requested.load(Ordering::Acquire) {
             due = Some(last + self.config.min_interval);
         }
         if self.unhealthy.is_empty() {
@@ -450,9 +466,10 @@ where
 
     fn sync(&mut self) {
         let started = Instant::now();
+        let requested = self.sync_requested.swap(false, Ordering::AcqRel);
         let periodic = !self.tracker.has_changes();
         let changes = self.tracker.take_changes();
-        let full = self.need_full || periodic;
+        let full = self.need_full || periodic || requested;
         let generation = self.generation.saturating_add(1);
         for kind in Kind::ALL {
             self.shared
@@ -521,5 +538,99 @@ where
                 self.shared.status.lock().last_error = Some(msg);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::AtomicUsize;
+
+    use kxdp_dataplane::tables::{
+        NeighbourTable, NodeConfig, PodTable, PolicyTable, RouteTable, ServiceTable, VxlanConfig,
+    };
+
+    use super::*;
+    use crate::source;
+
+    fn tables(generation: u64) -> TableSet {
+        TableSet {
+            generation,
+            node: NodeConfig {
+                node_name: "n".into(),
+                node_ips: Vec::new(),
+                vtep_ip: Ipv4Addr::UNSPECIFIED,
+                vtep_mac: Default::default(),
+                uplink_mac: Default::default(),
+                pod_cidr: None,
+                gateway_ip: None,
+                cluster_cidrs: Vec::new(),
+                vxlan: VxlanConfig::default(),
+                uplink_mtu: 1500,
+                node_port_range: (30000, 32767),
+                masquerade_port_range: (61000, 65535),
+            },
+            services: ServiceTable::new(),
+            pods: PodTable::default(),
+            routes: RouteTable::new(Vec::new()),
+            policy: PolicyTable::allow_all(),
+            neighbours: NeighbourTable::default(),
+        }
+    }
+
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn request_sync_compiles_full_without_object_changes() {
+        let config = RunnerConfig {
+            min_interval: Duration::from_millis(10),
+            // Far away: only the request can cause the second sync.
+            max_interval: Duration::from_secs(3600),
+            ..RunnerConfig::default()
+        };
+        let status = Arc::new(Status::new(&config));
+        let slot = Arc::new(TableSlot::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let fulls = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = source::channel();
+        let (c, f) = (calls.clone(), fulls.clone());
+        let handle = spawn_runner(
+            config,
+            rx,
+            move |input: &CompileInput<'_>| -> Result<TableSet, String> {
+                c.fetch_add(1, Ordering::SeqCst);
+                if input.full {
+                    f.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(tables(input.generation))
+            },
+            Shared {
+                tables: slot.clone(),
+                status: status.clone(),
+                metrics: Arc::new(Metrics::new()),
+                hooks: Vec::new(),
+            },
+        )
+        .expect("runner");
+        tx.send(SourceEvent::Snapshot(Box::default()))
+            .expect("send");
+        wait_for("the first publish", || status.generation() == 1);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "nothing changed, no sync");
+
+        handle.request_sync();
+        handle.request_sync();
+        wait_for("the requested sync", || status.generation() == 2);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "two requests, one sync");
+        assert_eq!(fulls.load(Ordering::SeqCst), 2, "a requested sync is full");
+        assert_eq!(slot.current().map(|t| t.generation), Some(2));
+        handle.stop();
     }
 }

@@ -7,8 +7,9 @@
 // Two entry points share every map:
 //
 //   steer_pod     attached to the host side of each pod veth. Everything a
-//                 pod sends is kxdp's: pod traffic must never reach the
-//                 kernel's forwarding path, where no NetworkPolicy applies.
+//                 pod sends is kxdp's -- pod traffic must never reach the
+//                 kernel's forwarding path, where no NetworkPolicy applies --
+//                 except the host path below.
 //   steer_uplink  attached to the node's uplink. Redirects only what kxdp
 //                 owns (VXLAN, Service frontends, NodePorts, local pod IPs,
 //                 masquerade reply ports); passes everything else so the
@@ -22,6 +23,27 @@
 // so a crashed kxdp leaves empty slots behind, and the program itself is
 // attached through netlink, which keeps it attached after the process
 // exits. Traffic the node owns is XDP_PASS whatever the map holds.
+//
+// Host path (steer_pod). Traffic between a pod and its own node is always
+// allowed by NetworkPolicy (upstream semantics), so two kinds of frames a
+// pod sends go straight to the node's kernel with XDP_PASS:
+//
+//   - ARP replies whose sender is the pod's own address (the `pod_veths`
+//     entry of the veth): the answers to the kernel's own resolution of the
+//     pod, which the node needs to talk to it. ARP requests stay kxdp's:
+//     its pipeline answers for the gateway and proxy-ARPs, so exactly one
+//     answer is ever sent. A reply only touches the neighbour entries of
+//     this veth, which routes nothing but the pod's own address.
+//   - IPv4 from the pod's own address to an address the node's kernel owns
+//     (`host_addrs`, filled by the loader with the local addresses of the
+//     node namespace) that is not a Service frontend or NodePort. The
+//     kernel delivers such packets locally (its route lookup ends in the
+//     local table), it never forwards them, so nothing bypasses policy.
+//
+// A veth without a `pod_veths` entry has no host path (everything is
+// redirected). The host path does not depend on a socket being present:
+// when kxdp is down the node still reaches its pods (kubelet probes) while
+// pod traffic to anything else is dropped.
 //
 // XSKMAP layout: one map for all interfaces. The loader gives each
 // interface a base slot (`xsk_base`, keyed by ifindex); the slot for a
@@ -42,6 +64,25 @@
 #define KXDP_MAX_FRONTENDS 65536
 #define KXDP_MAX_PODS 16384
 #define KXDP_MAX_NODE_PORTS 8192
+#define KXDP_MAX_HOST_ADDRS 256
+
+#ifndef ETH_P_ARP
+#define ETH_P_ARP 0x0806
+#endif
+#define KXDP_ARP_REPLY 2
+
+// ARP for IPv4 over Ethernet (RFC 826), the only kind the host path reads.
+struct kxdp_arp_eth_ipv4 {
+	__u16 htype;
+	__u16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__u16 op;
+	__u8 sha[6];
+	__u8 spa[4];
+	__u8 tha[6];
+	__u8 tpa[4];
+} __attribute__((packed));
 
 // <linux/icmp.h> drags in libc socket headers that do not build for the
 // bpf target; the echo header is all we need.
@@ -65,7 +106,8 @@ enum kxdp_stat {
 	STAT_UPLINK_REDIRECT = 2,
 	STAT_UPLINK_DROP_NO_SOCKET = 3,
 	STAT_UPLINK_PASS = 4,
-	STAT_MAX = 5,
+	STAT_POD_PASS = 5,
+	STAT_MAX = 6,
 };
 
 // Uplink configuration, one entry at key 0. All fields in host byte
@@ -136,6 +178,20 @@ struct {
 } pod_ips SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KXDP_MAX_IFACES);
+	__type(key, __u32);   // ifindex of a pod veth's host side
+	__type(value, __u32); // the pod's IPv4, network order
+} pod_veths SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KXDP_MAX_HOST_ADDRS);
+	__type(key, __u32);   // IPv4 the node's kernel owns, network order
+	__type(value, __u8);
+} host_addrs SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
 	__type(key, __u32);
@@ -169,9 +225,79 @@ static __always_inline int to_socket(struct xdp_md *ctx, __u32 ok_stat, __u32 dr
 	return (int)ret;
 }
 
+// True when the frame a pod sent belongs to the node's kernel (see "Host
+// path" above).
+static __always_inline int pod_to_host(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 *pod_ip;
+	struct iphdr *ip;
+	struct kxdp_frontend fe = {};
+	struct kxdp_node_port np = {};
+	__u16 dport;
+	void *l4;
+
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	pod_ip = bpf_map_lookup_elem(&pod_veths, &ifindex);
+	if (!pod_ip)
+		return 0;
+
+	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		struct kxdp_arp_eth_ipv4 *arp = (void *)(eth + 1);
+		__u32 spa;
+
+		if ((void *)(arp + 1) > data_end)
+			return 0;
+		if (arp->htype != bpf_htons(1) || arp->ptype != bpf_htons(ETH_P_IP) ||
+		    arp->hlen != 6 || arp->plen != 4 || arp->op != bpf_htons(KXDP_ARP_REPLY))
+			return 0;
+		__builtin_memcpy(&spa, arp->spa, 4);
+		return spa == *pod_ip;
+	}
+
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return 0;
+	if (ip->version != 4 || ip->ihl < 5)
+		return 0;
+	if (ip->saddr != *pod_ip || !bpf_map_lookup_elem(&host_addrs, &ip->daddr))
+		return 0;
+	// Non-first fragments carry no ports; the kernel reassembles them.
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 1;
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP &&
+	    ip->protocol != IPPROTO_SCTP)
+		return 1;
+	l4 = (void *)ip + ip->ihl * 4;
+	if (l4 + 4 > data_end)
+		return 0;
+	dport = bpf_ntohs(*(__u16 *)(l4 + 2));
+	// Services on node addresses (NodePorts, external IPs) are kxdp's.
+	fe.ip = ip->daddr;
+	fe.port = dport;
+	fe.proto = ip->protocol;
+	if (bpf_map_lookup_elem(&frontends, &fe))
+		return 0;
+	np.port = dport;
+	np.proto = ip->protocol;
+	if (bpf_map_lookup_elem(&node_ports, &np))
+		return 0;
+	return 1;
+}
+
 SEC("xdp")
 int steer_pod(struct xdp_md *ctx)
 {
+	if (pod_to_host(ctx)) {
+		count(STAT_POD_PASS);
+		return XDP_PASS;
+	}
 	return to_socket(ctx, STAT_POD_REDIRECT, STAT_POD_DROP_NO_SOCKET);
 }
 

@@ -3,7 +3,16 @@
 //! The program decides per packet whether a frame is kxdp's (redirect to
 //! the worker's AF_XDP socket) or the node's (`XDP_PASS`):
 //!
-//! - [`Role::Pod`] (host side of a pod veth): everything goes to kxdp.
+//! - [`Role::Pod`] (host side of a pod veth): everything goes to kxdp but
+//!   the *host path*: ARP replies from the pod's own address, and IPv4 from
+//!   the pod's own address to an address the node's kernel owns that is
+//!   not a Service frontend or NodePort, pass to the kernel. The node's
+//!   traffic with its pods is always allowed by NetworkPolicy, and the
+//!   kernel delivers such packets locally (never forwards them), so this
+//!   bypasses no policy. It needs the veth's pod address
+//!   ([`SteeringProgram::set_pod_address`]) and the node's local addresses
+//!   ([`SteeringProgram::add_host_addr`]); without them everything is
+//!   redirected.
 //! - [`Role::Uplink`]: VXLAN to the configured UDP port, Service frontends
 //!   `(ip, port, proto)`, NodePorts `(port, proto)`, local pod IPs and
 //!   masquerade reply ports (TCP/UDP ports and ICMP echo identifiers in
@@ -64,6 +73,9 @@ pub static STEER_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer
 
 /// Size of the XSKMAP (`KXDP_XSK_SLOTS` in steer.c).
 pub const XSK_SLOTS: u32 = 4096;
+
+/// Capacity of the `host_addrs` map (`KXDP_MAX_HOST_ADDRS` in steer.c).
+pub const MAX_HOST_ADDRS: usize = 256;
 
 /// Default Flannel VXLAN port.
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
@@ -285,6 +297,8 @@ pub struct SteerStats {
     pub uplink_redirect: u64,
     pub uplink_drop_no_socket: u64,
     pub uplink_pass: u64,
+    /// Pod frames passed to the kernel by the host path.
+    pub pod_pass: u64,
 }
 
 /// Options for [`SteeringProgram::load`].
@@ -316,6 +330,8 @@ pub struct SteeringProgram {
     frontends: MapHandle,
     node_ports: MapHandle,
     pod_ips: MapHandle,
+    pod_veths: MapHandle,
+    host_addrs: MapHandle,
     stats: MapHandle,
     pin_dir: Option<PathBuf>,
     pinned: Vec<PathBuf>,
@@ -373,6 +389,8 @@ impl SteeringProgram {
             frontends: map("frontends")?,
             node_ports: map("node_ports")?,
             pod_ips: map("pod_ips")?,
+            pod_veths: map("pod_veths")?,
+            host_addrs: map("host_addrs")?,
             stats: map("stats")?,
             object,
             pin_dir: None,
@@ -413,13 +431,15 @@ impl SteeringProgram {
             source,
         })?;
         self.pin_dir = Some(dir.to_owned());
-        let maps: [(&str, &mut MapHandle); 7] = [
+        let maps: [(&str, &mut MapHandle); 9] = [
             ("xsks", &mut self.xsks),
             ("xsk_base", &mut self.xsk_base),
             ("config", &mut self.config),
             ("frontends", &mut self.frontends),
             ("node_ports", &mut self.node_ports),
             ("pod_ips", &mut self.pod_ips),
+            ("pod_veths", &mut self.pod_veths),
+            ("host_addrs", &mut self.host_addrs),
             ("stats", &mut self.stats),
         ];
         for (name, m) in maps {
@@ -553,6 +573,7 @@ impl SteeringProgram {
             let _ = self.xsks.delete(&(a.base + q).to_ne_bytes());
         }
         let _ = self.xsk_base.delete(&ifindex.to_ne_bytes());
+        let _ = self.pod_veths.delete(&ifindex.to_ne_bytes());
         Ok(())
     }
 
@@ -651,9 +672,45 @@ impl SteeringProgram {
             .map_err(bpf_err(format!("remove pod ip {ip}")))
     }
 
+    /// Gives the pod veth `ifindex` (attached with [`Role::Pod`]) its
+    /// pod's address, which enables its host path; `None` disables it.
+    /// The entry is removed when the interface is detached.
+    pub fn set_pod_address(&self, ifindex: u32, ip: Option<Ipv4Addr>) -> Result<()> {
+        match self.attached.get(&ifindex) {
+            Some(a) if a.role == Role::Pod => {}
+            _ => return Err(XdpError::NotAttached { ifindex }),
+        }
+        match ip {
+            Some(ip) => self
+                .pod_veths
+                .update(&ifindex.to_ne_bytes(), &ip.octets(), MapFlags::ANY)
+                .map_err(bpf_err(format!(
+                    "set pod address {ip} of ifindex {ifindex}"
+                ))),
+            None => delete_ok_absent(&self.pod_veths, &ifindex.to_ne_bytes())
+                .map_err(bpf_err(format!("clear pod address of ifindex {ifindex}"))),
+        }
+    }
+
+    /// Marks `ip` as an address the node's kernel owns: pods' packets to
+    /// it (not to a Service on it) take the host path. Only addresses
+    /// configured on the node belong here (the kernel must deliver, not
+    /// forward, what passes).
+    pub fn add_host_addr(&self, ip: Ipv4Addr) -> Result<()> {
+        self.host_addrs
+            .update(&ip.octets(), &[1], MapFlags::ANY)
+            .map_err(bpf_err(format!("add host address {ip}")))
+    }
+
+    /// Stops passing pods' packets to `ip` to the kernel.
+    pub fn remove_host_addr(&self, ip: Ipv4Addr) -> Result<()> {
+        delete_ok_absent(&self.host_addrs, &ip.octets())
+            .map_err(bpf_err(format!("remove host address {ip}")))
+    }
+
     /// The program's counters, summed over CPUs.
     pub fn stats(&self) -> Result<SteerStats> {
-        let mut vals = [0u64; 5];
+        let mut vals = [0u64; 6];
         for (slot, v) in vals.iter_mut().enumerate() {
             let per_cpu = self
                 .stats
@@ -666,7 +723,7 @@ impl SteeringProgram {
                 .map(u64::from_ne_bytes)
                 .sum();
         }
-        let [pod_redirect, pod_drop_no_socket, uplink_redirect, uplink_drop_no_socket, uplink_pass] =
+        let [pod_redirect, pod_drop_no_socket, uplink_redirect, uplink_drop_no_socket, uplink_pass, pod_pass] =
             vals;
         Ok(SteerStats {
             pod_redirect,
@@ -674,6 +731,7 @@ impl SteeringProgram {
             uplink_redirect,
             uplink_drop_no_socket,
             uplink_pass,
+            pod_pass,
         })
     }
 

@@ -18,6 +18,7 @@
 //!                               │ uplink │ host ─► L2 rewrite, TTL ─► Verdict
 //! ```
 
+mod fast_path;
 mod frame;
 mod l2;
 mod nat;
@@ -131,6 +132,8 @@ pub struct Pipeline {
     next_ident: u16,
     /// The `now` of the packet being processed.
     now: u64,
+    /// Established flows' cached actions (see `fast_path`).
+    flow_cache: fast_path::FlowCache,
 }
 
 /// Result of a stage that may end the packet's journey early.
@@ -145,7 +148,14 @@ impl Pipeline {
             stats: WorkerStats::default(),
             next_ident: 1,
             now: 0,
+            flow_cache: fast_path::FlowCache::default(),
         }
+    }
+
+    /// Packets that took the established-flow fast path, and lookups that
+    /// missed it.
+    pub fn fast_path_counts(&self) -> (u64, u64) {
+        (self.flow_cache.hits, self.flow_cache.misses)
     }
 
     /// The shared conntrack table.
@@ -220,6 +230,33 @@ impl Pipeline {
             h.ttl
         );
 
+        // Established flows whose action is cached skip every other stage
+        // (the cache's contract is in `fast_path`). Traced packets never do.
+        let from_vxlan = ingress == Ingress::Uplink && l2::is_vxlan(t, &h);
+        let flow_id = fast_path::FlowId {
+            key: FlowKey {
+                src: h.src,
+                dst: h.dst,
+                sport: h.sport,
+                dport: h.dport,
+                proto: h.proto,
+            },
+            ingress,
+            l2_src,
+        };
+        if !tr.enabled() && !from_vxlan && fast_path::eligible(&h) {
+            if let Some(entry) = self.flow_cache.lookup(t, &flow_id, &h) {
+                if let Some(hit) = self.conntrack.lookup(&flow_id.key, now, h.tcp_flags) {
+                    if entry.confirmed_by(&hit) {
+                        self.flow_cache.count_hit();
+                        let ident = self.next_ident();
+                        return Ok(fast_path::forward(frame, &mut h, &entry, ident)
+                            .unwrap_or_else(Verdict::Drop));
+                    }
+                }
+            }
+        }
+
         let mut origin = Origin {
             ingress,
             vxlan_src: None,
@@ -229,7 +266,7 @@ impl Pipeline {
         };
 
         // VXLAN decap (uplink only).
-        if ingress == Ingress::Uplink && l2::is_vxlan(t, &h) {
+        if from_vxlan {
             let (inner, outer_src) = l2::decap(t, frame, &h, tr)?;
             h = inner;
             origin.vxlan_src = Some(outer_src);
@@ -317,7 +354,11 @@ impl Pipeline {
                     h.dport
                 );
             }
-            return l2::route(self, t, frame, &h, origin, tr);
+            let verdict = l2::route(self, t, frame, &h, origin, tr)?;
+            if origin.vxlan_src.is_none() && fast_path::eligible(&h) {
+                self.flow_cache.record(t, flow_id, to, verdict, frame);
+            }
+            return Ok(verdict);
         }
         trace_stage!(tr, Stage::Conntrack, "miss: new flow");
 

@@ -1273,6 +1273,195 @@ mod robustness {
             bytes.truncate(keep);
             let (v, out, _) = run(&mut p, &t, SEC, &bytes, ingress);
             check_invariants(v, &out);
+            // Untraced, three times: the fast path gets filled and used.
+            for _ in 0..3 {
+                let (v, out) = run_fast(&mut p, &t, SEC, &bytes, ingress);
+                check_invariants(v, &out);
+            }
         }
     }
+}
+
+// --- the fast path --------------------------------------------------------
+
+/// Run `input` untraced (the fast path may answer).
+fn run_fast(
+    p: &mut Pipeline,
+    t: &TableSet,
+    now: u64,
+    input: &[u8],
+    ingress: Ingress,
+) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; Frame::MIN_CAPACITY];
+    buf[Frame::HEADROOM..Frame::HEADROOM + input.len()].copy_from_slice(input);
+    let mut frame = Frame::new(&mut buf, Frame::HEADROOM, input.len()).unwrap();
+    let v = p.process(t, now, &mut frame, ingress, &mut NoTrace);
+    (v, frame.data().to_vec())
+}
+
+/// Outer IPv4 ident and header checksum differ between runs (a per-packet
+/// counter); blank them after checking the checksum verifies.
+fn normalise(v: Verdict, mut out: Vec<u8>) -> Vec<u8> {
+    if v == Verdict::Forward(Egress::Uplink { encapsulated: true }) {
+        let ip = crate::wire::Ipv4Packet::new_checked(&out[14..]).unwrap();
+        assert!(ip.verify_checksum(), "outer checksum");
+        out[18..20].fill(0);
+        out[24..26].fill(0);
+    }
+    out
+}
+
+#[test]
+fn fast_path_forwards_exactly_like_the_full_pipeline() {
+    let t = tables();
+    let (mut slow, mut fast) = (pipeline(), pipeline());
+    let ext = Ipv4Addr::new(203, 0, 113, 7);
+    // (packet, ingress): established flows of every egress kind, replies,
+    // and packets that must leave the fast path (TTL 1, TCP FIN).
+    let script: Vec<(Vec<u8>, Ingress)> = vec![
+        (
+            tcp(
+                A1_POD_MAC,
+                A1_HOST_MAC,
+                A1,
+                VIP_LOCAL,
+                64,
+                41000,
+                80,
+                "S",
+                b"",
+            ),
+            Ingress::Pod { ifindex: A1_IF },
+        ),
+        (
+            tcp(A2_POD_MAC, A2_HOST_MAC, A2, A1, 64, 8080, 41000, "SA", b""),
+            Ingress::Pod { ifindex: A2_IF },
+        ),
+        (
+            udp(
+                A1_POD_MAC,
+                A1_HOST_MAC,
+                A1,
+                VIP_REMOTE,
+                64,
+                45000,
+                53,
+                b"q1",
+            ),
+            Ingress::Pod { ifindex: A1_IF },
+        ),
+        (
+            udp(A1_POD_MAC, A1_HOST_MAC, A1, ext, 64, 40001, 53, b"m1"),
+            Ingress::Pod { ifindex: A1_IF },
+        ),
+        (
+            udp(ROUTER_MAC, UPLINK_MAC, ext, NODE_A, 60, 53, 40001, b"r1"),
+            Ingress::Uplink,
+        ),
+        (
+            tcp(
+                CLIENT_MAC, UPLINK_MAC, CLIENT, NODE_A, 64, 50123, 30080, "S", b"",
+            ),
+            Ingress::Uplink,
+        ),
+        (
+            tcp(A2_POD_MAC, A2_HOST_MAC, A2, GW, 64, 8080, 50123, "SA", b""),
+            Ingress::Pod { ifindex: A2_IF },
+        ),
+    ];
+    for round in 0..4u64 {
+        for (i, (pkt, ing)) in script.iter().enumerate() {
+            let now = SEC * (10 + round) + i as u64;
+            let (vs, outs, tr) = run(&mut slow, &t, now, pkt, *ing);
+            let (vf, outf) = run_fast(&mut fast, &t, now, pkt, *ing);
+            assert_eq!(vs, vf, "round {round} packet {i}: {}", show(&tr));
+            assert_eq!(
+                normalise(vs, outs),
+                normalise(vf, outf),
+                "round {round} packet {i}"
+            );
+        }
+        // Data after the handshakes, with a bigger payload.
+        let data = tcp(
+            A1_POD_MAC,
+            A1_HOST_MAC,
+            A1,
+            VIP_LOCAL,
+            64,
+            41000,
+            80,
+            "A",
+            &[7u8; 300],
+        );
+        let (vs, outs, _) = run(
+            &mut slow,
+            &t,
+            SEC * 20,
+            &data,
+            Ingress::Pod { ifindex: A1_IF },
+        );
+        let (vf, outf) = run_fast(
+            &mut fast,
+            &t,
+            SEC * 20,
+            &data,
+            Ingress::Pod { ifindex: A1_IF },
+        );
+        assert_eq!((vs, outs), (vf, outf));
+    }
+    let (hits, _) = fast.fast_path_counts();
+    assert!(
+        hits >= 3 * 5,
+        "the fast path must actually run: {hits} hits"
+    );
+    assert_eq!(slow.fast_path_counts().0, 0, "traced packets never take it");
+}
+
+#[test]
+fn fast_path_lets_go_of_flushed_flows_and_new_generations() {
+    let mut t = tables();
+    let mut p = pipeline();
+    let q = udp(A1_POD_MAC, A1_HOST_MAC, A1, VIP_LOCAL, 64, 43001, 80, b"q");
+    // First packet commits, the second fills the cache, the third hits.
+    for _ in 0..3 {
+        run_fast(&mut p, &t, SEC, &q, Ingress::Pod { ifindex: A1_IF });
+    }
+    assert_eq!(p.fast_path_counts().0, 1);
+    // The endpoint goes away: conntrack is flushed and the next packet is
+    // balanced anew (here: rejected, the Service has no endpoint left).
+    p.conntrack().flush_matching(|e| e.reply.src == A2);
+    for sp in t.services.ports.iter_mut() {
+        if &*sp.name == "local-udp" {
+            sp.cluster = BackendSet::new(vec![]);
+            sp.has_endpoints = false;
+        }
+    }
+    t.generation += 1;
+    let (v, _) = run_fast(&mut p, &t, 2 * SEC, &q, Ingress::Pod { ifindex: A1_IF });
+    assert_eq!(
+        v,
+        Verdict::Reply(
+            Egress::Pod { ifindex: A1_IF },
+            Some(DropReason::ServiceNoEndpoints)
+        )
+    );
+    assert_eq!(p.fast_path_counts().0, 1, "no stale hit");
+    // A TTL-1 packet of a cached flow still gets its time exceeded.
+    let mut t2 = tables();
+    t2.generation = 7;
+    let mut p = pipeline();
+    let d = udp(A1_POD_MAC, A1_HOST_MAC, A1, A2, 64, 1000, 2000, b"x");
+    for _ in 0..3 {
+        run_fast(&mut p, &t2, SEC, &d, Ingress::Pod { ifindex: A1_IF });
+    }
+    assert_eq!(p.fast_path_counts().0, 1);
+    let d1 = udp(A1_POD_MAC, A1_HOST_MAC, A1, A2, 1, 1000, 2000, b"x");
+    let (v, _) = run_fast(&mut p, &t2, SEC, &d1, Ingress::Pod { ifindex: A1_IF });
+    assert_eq!(
+        v,
+        Verdict::Reply(
+            Egress::Pod { ifindex: A1_IF },
+            Some(DropReason::TtlExceeded)
+        )
+    );
 }

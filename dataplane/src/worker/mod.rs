@@ -31,12 +31,14 @@
 //! A frame that reached an AF_XDP socket has left the kernel; there is no
 //! way to give it back. The steering program only redirects on the uplink
 //! what kxdp owns, so `ToHost` there is rare (e.g. a fragment for the node).
-//! On pod veths everything is redirected, so a pod talking to its own node
-//! (anything but the gateway's ping and ARP, which kxdp answers) ends in
-//! `ToHost`. The worker counts those frames (`to_host` in
-//! [`WorkerStats`]) and releases them: the node's own services are not
-//! reachable from pods through kxdp yet (a host path, e.g. a TAP device,
-//! is future work).
+//! On pod veths the program's *host path* passes to the kernel what a pod
+//! sends to its own node (ARP replies from the pod, IPv4 to an address
+//! configured in the node namespace that is not a Service), so `ToHost`
+//! from pods is rare too: only node-owned addresses the kernel does not
+//! have (the pods' gateway when the CNI did not configure it on the host,
+//! answered for pings by the pipeline; the VTEP network address). The
+//! worker counts those frames (`to_host` in [`WorkerStats`]) and releases
+//! them.
 //!
 //! # Ports
 //!

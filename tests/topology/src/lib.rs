@@ -1,4 +1,6 @@
-//! RAII network namespaces and the standard test topology (DESIGN §5).
+//! RAII network namespaces and the standard test topology (DESIGN §5),
+//! shared by the end-to-end tests (`tests/`), the benchmarks (`bench/`) and
+//! `kxdp demo`.
 //!
 //! ```text
 //!   pod ns a1 (10.244.1.2)  pod ns a2 (10.244.1.3)          pod ns b1 (10.244.2.2)
@@ -9,8 +11,9 @@
 //!         | eth0 192.168.50.100: external client ns
 //! ```
 //!
-//! Every namespace gets a unique name (`kx<pid>x<counter>-<role>`), so
-//! concurrent runs never collide, and is deleted when its guard drops,
+//! Every namespace gets a unique name (`kx<pid>x<counter>-<role>` from
+//! [`Topology::standard`], `kx<suffix>-<role>` from [`Topology::nodes_only`]),
+//! so concurrent runs never collide, and is deleted when its guard drops,
 //! together with every interface inside it (veth pairs die with either
 //! end). Processes left in a namespace (servers a test started there) are
 //! killed first. Nothing is created in, or moved out of, the caller's
@@ -26,6 +29,10 @@
 //! pod IP through the host-side veth (how kxdp finds pod interfaces). On
 //! a plain Linux node the host-side veth also carries the gateway address,
 //! so the kernel answers the pod's ARP.
+//!
+//! A topology meant to outlive its builder (`kxdp demo --keep`) is released
+//! with [`Topology::leak`]; [`remove_netns`] and [`netns_matching`] clean up
+//! afterwards.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -125,6 +132,13 @@ impl Netns {
         &self.name
     }
 
+    /// Gives up ownership: the namespace (and what runs in it) stays after
+    /// this value is gone. Returns its name, for a later [`remove_netns`].
+    pub fn leak(self) -> String {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.name.clone()
+    }
+
     /// Path of the namespace file.
     pub fn path(&self) -> PathBuf {
         PathBuf::from(format!("/run/netns/{}", self.name))
@@ -205,22 +219,22 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Processes a test started in the namespace (and only those: the
-        // namespace is ours) would keep it alive.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if pid.parse::<u32>().is_ok() {
-                    let _ = Command::new("kill").args(["-9", pid]).output();
-                }
+        remove_netns(&self.name);
+    }
+}
+
+/// Kills every process in namespace `name` (SIGKILL; processes a caller
+/// started there would keep it alive) and deletes it, which removes every
+/// interface inside it. Best effort: errors (e.g. already gone) are ignored.
+pub fn remove_netns(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if pid.parse::<u32>().is_ok() {
+                let _ = Command::new("kill").args(["-9", pid]).output();
             }
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
     }
+    let _ = Command::new("ip").args(["netns", "del", name]).output();
 }
 
 /// Creates a veth pair between two namespaces without touching the
@@ -319,15 +333,28 @@ impl Topology {
     /// Builds DESIGN §5: node-a (pods a1, a2), node-b (pod b1), the
     /// external client, all on bridge br0 in the underlay namespace.
     pub fn standard(opts: TopologyOptions) -> TopoResult<Self> {
-        let suffix = unique_suffix();
-        let underlay = Netns::new("u", &suffix)?;
+        let mut topo = Self::nodes_only(opts, &unique_suffix())?;
+        topo.add_pod("a1", 0, Ipv4Addr::new(10, 244, 1, 2))?;
+        topo.add_pod("a2", 0, Ipv4Addr::new(10, 244, 1, 3))?;
+        topo.add_pod("b1", 1, Ipv4Addr::new(10, 244, 2, 2))?;
+        topo.wire_flannel()?;
+        Ok(topo)
+    }
+
+    /// The underlay, the external client and both nodes of DESIGN §5
+    /// (node-a 192.168.50.1 with pod CIDR 10.244.1.0/24, node-b
+    /// 192.168.50.2 with 10.244.2.0/24), without pods; namespaces are named
+    /// `kx<suffix>-<role>`. Add pods with [`Topology::add_pod`], then call
+    /// [`Topology::wire_flannel`] when a node is [`NodeKind::LinuxFlannel`].
+    pub fn nodes_only(opts: TopologyOptions, suffix: &str) -> TopoResult<Self> {
+        let underlay = Netns::new("u", suffix)?;
         underlay.ip(&["link", "add", "br0", "type", "bridge"])?;
         underlay.ip(&["link", "set", "br0", "up"])?;
-        let external = Netns::new("ext", &suffix)?;
+        let external = Netns::new("ext", suffix)?;
         attach_to_underlay(&underlay, &external, "pext", EXTERNAL_IP)?;
 
         let mut topo = Topology {
-            suffix,
+            suffix: suffix.to_owned(),
             pods: Vec::new(),
             nodes: Vec::new(),
             external,
@@ -335,11 +362,24 @@ impl Topology {
         };
         topo.add_node("node-a", opts.node_a, Ipv4Addr::new(192, 168, 50, 1), 1)?;
         topo.add_node("node-b", opts.node_b, Ipv4Addr::new(192, 168, 50, 2), 2)?;
-        topo.add_pod("a1", 0, Ipv4Addr::new(10, 244, 1, 2))?;
-        topo.add_pod("a2", 0, Ipv4Addr::new(10, 244, 1, 3))?;
-        topo.add_pod("b1", 1, Ipv4Addr::new(10, 244, 2, 2))?;
-        topo.wire_flannel()?;
         Ok(topo)
+    }
+
+    /// Releases every namespace (see [`Netns::leak`]): they stay, with
+    /// whatever runs in them. Returns their names.
+    pub fn leak(self) -> Vec<String> {
+        let Topology {
+            pods,
+            nodes,
+            external,
+            underlay,
+            ..
+        } = self;
+        let mut names: Vec<String> = pods.into_iter().map(|p| p.ns.leak()).collect();
+        names.extend(nodes.into_iter().map(|n| n.ns.leak()));
+        names.push(external.leak());
+        names.push(underlay.leak());
+        names
     }
 
     /// Adds a node namespace with `eth0` on the underlay and pod CIDR
@@ -403,8 +443,9 @@ impl Topology {
         Ok(self.pods.len() - 1)
     }
 
-    /// Flannel's vxlan wiring on every Linux node toward every other node.
-    fn wire_flannel(&self) -> TopoResult<()> {
+    /// Flannel's vxlan wiring on every Linux node toward every other node
+    /// (nothing to do when every node runs kxdp).
+    pub fn wire_flannel(&self) -> TopoResult<()> {
         for (i, node) in self.nodes.iter().enumerate() {
             if node.kind != NodeKind::LinuxFlannel {
                 continue;
