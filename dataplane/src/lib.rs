@@ -17,6 +17,8 @@ pub mod drop_reason;
 pub mod io;
 pub mod pipeline;
 pub mod tables;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 pub mod worker;
 
