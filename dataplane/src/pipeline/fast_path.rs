@@ -45,6 +45,8 @@ pub struct Entry {
     id: FlowId,
     /// The tuple after translation (checked against conntrack's).
     to: FlowKey,
+    /// Checksum deltas of that translation (constant for the flow).
+    deltas: nat::Deltas,
     egress: Egress,
     /// Ethernet header written before the IP packet (dst, src).
     l2_dst: MacAddr,
@@ -91,13 +93,12 @@ impl FlowCache {
     /// packet still fits the egress MTU. The caller confirms it against
     /// conntrack ([`Entry::confirmed_by`]) before [`forward`].
     #[inline]
-    pub fn lookup(&mut self, t: &TableSet, id: &FlowId, h: &Headers) -> Option<Entry> {
+    pub fn lookup(&mut self, t: &TableSet, id: &FlowId, h: &Headers) -> Option<&Entry> {
         let found = self
             .entries
             .get(slot(id))
             .and_then(|e| e.as_ref())
-            .filter(|e| e.generation == t.generation && e.id == *id)
-            .copied();
+            .filter(|e| e.generation == t.generation && e.id == *id);
         let Some(e) = found else {
             self.misses += 1;
             return None;
@@ -147,6 +148,7 @@ impl FlowCache {
             generation: t.generation,
             id,
             to,
+            deltas: nat::deltas(&id.key, &to),
             egress,
             l2_dst: eth.dst(),
             l2_src: eth.src(),
@@ -174,20 +176,14 @@ pub fn forward(
     e: &Entry,
     ident: u16,
 ) -> Result<Verdict, DropReason> {
-    let key = &e.id.key;
     frame.len = h.ip_end;
-    nat::rewrite(frame.data_mut(), h, key, &e.to)?;
     {
-        // TTL - 1 with the checksum adjusted (RFC 1624); TTL > 1 was checked.
+        // TTL - 1 (TTL > 1 was checked) folds into the translation's IPv4
+        // checksum delta: one checksum update per header.
         let data = frame.data_mut();
-        let ip = data
-            .get_mut(h.ip_off..h.ip_off + 20)
-            .ok_or(DropReason::Malformed)?;
-        let old = u16::from_be_bytes([ip[8], ip[9]]);
-        ip[8] = ip[8].wrapping_sub(1);
-        let new = u16::from_be_bytes([ip[8], ip[9]]);
-        let c = update_u16(u16::from_be_bytes([ip[10], ip[11]]), old, new);
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let ttl = data.get_mut(h.ip_off + 8).ok_or(DropReason::Malformed)?;
+        *ttl = ttl.wrapping_sub(1);
+        nat::apply(data, h, &e.to, e.deltas, nat::TTL_DECREMENT_DELTA)?;
         let eth = data.get_mut(..12).ok_or(DropReason::Malformed)?;
         eth[..6].copy_from_slice(&e.l2_dst.0);
         eth[6..12].copy_from_slice(&e.l2_src.0);

@@ -245,13 +245,13 @@ impl Pipeline {
             l2_src,
         };
         if !tr.enabled() && !from_vxlan && fast_path::eligible(&h) {
+            let ident = self.next_ident();
             if let Some(entry) = self.flow_cache.lookup(t, &flow_id, &h) {
                 if let Some(hit) = self.conntrack.lookup(&flow_id.key, now, h.tcp_flags) {
                     if entry.confirmed_by(&hit) {
+                        let verdict = fast_path::forward(frame, &mut h, entry, ident);
                         self.flow_cache.count_hit();
-                        let ident = self.next_ident();
-                        return Ok(fast_path::forward(frame, &mut h, &entry, ident)
-                            .unwrap_or_else(Verdict::Drop));
+                        return Ok(verdict.unwrap_or_else(Verdict::Drop));
                     }
                 }
             }

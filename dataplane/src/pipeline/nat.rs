@@ -38,6 +38,44 @@ pub fn rewrite(
     if !fast {
         return rewrite_general(packet, h, from, to);
     }
+    apply(packet, h, to, deltas(from, to), 0)
+}
+
+/// The RFC 1624 checksum deltas (`sum(~m + m')` over the changed 16-bit
+/// words) of a translation: `ip` for the IPv4 header (addresses), `l4` for
+/// the TCP/UDP checksum (addresses through the pseudo header, plus ports).
+/// They depend only on the two tuples, so a flow's are computed once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deltas {
+    pub ip: u32,
+    pub l4: u32,
+}
+
+/// The deltas of translating `from` into `to`.
+pub fn deltas(from: &FlowKey, to: &FlowKey) -> Deltas {
+    let addr = addr_delta(from.src, to.src) + addr_delta(from.dst, to.dst);
+    let ports = port_delta(from.sport, to.sport) + port_delta(from.dport, to.dport);
+    Deltas {
+        ip: addr,
+        l4: addr + ports,
+    }
+}
+
+/// The IPv4 checksum delta of decrementing the TTL: the (TTL, protocol)
+/// word drops by 0x0100, and `~m + m'` of that is 0xfeff.
+pub const TTL_DECREMENT_DELTA: u32 = 0xfeff;
+
+/// Write `to`'s addresses and ports into the TCP/UDP packet `h` describes
+/// and adjust its checksums by `d` (plus `extra_ip` for the IPv4 header,
+/// e.g. [`TTL_DECREMENT_DELTA`] after the caller decremented the TTL).
+pub fn apply(
+    packet: &mut [u8],
+    h: &mut Headers,
+    to: &FlowKey,
+    d: Deltas,
+    extra_ip: u32,
+) -> Result<(), DropReason> {
+    let l4_present = h.l4_off < h.ip_end && !h.fragment;
     let ip = packet
         .get_mut(h.ip_off..h.ip_end)
         .ok_or(DropReason::Malformed)?;
@@ -47,28 +85,26 @@ pub fn rewrite(
         ip_proto::TCP => l4_rel + 16,
         _ => l4_rel + 6,
     };
-    if ip.len() < 20 || (l4_present && ip.len() < csum_at + 2) {
+    if ip.len() < 20 || (l4_present && (ip.len() < csum_at + 2 || ip.len() < l4_rel + 4)) {
         return Err(DropReason::Malformed);
     }
-    let mut addr_delta = 0u32;
-    addr_delta += word_delta(ip, 12, &from.src.octets(), &to.src.octets());
-    addr_delta += word_delta(ip, 16, &from.dst.octets(), &to.dst.octets());
+    ip[12..16].copy_from_slice(&to.src.octets());
+    ip[16..20].copy_from_slice(&to.dst.octets());
     let ip_csum = u16::from_be_bytes([ip[10], ip[11]]);
-    ip[10..12].copy_from_slice(&apply_delta(ip_csum, addr_delta).to_be_bytes());
+    ip[10..12].copy_from_slice(&apply_delta(ip_csum, d.ip + extra_ip).to_be_bytes());
     if l4_present {
-        let mut l4_delta = addr_delta;
-        l4_delta += port_delta(ip, l4_rel, from.sport, to.sport);
-        l4_delta += port_delta(ip, l4_rel + 2, from.dport, to.dport);
+        ip[l4_rel..l4_rel + 2].copy_from_slice(&to.sport.to_be_bytes());
+        ip[l4_rel + 2..l4_rel + 4].copy_from_slice(&to.dport.to_be_bytes());
         let old = u16::from_be_bytes([ip[csum_at], ip[csum_at + 1]]);
         let new = match h.proto {
             // RFC 768: zero means "no checksum" and stays zero; a computed
             // zero is sent as all ones.
             ip_proto::UDP if old == 0 => 0,
-            ip_proto::UDP => match apply_delta(old, l4_delta) {
+            ip_proto::UDP => match apply_delta(old, d.l4) {
                 0 => 0xffff,
                 c => c,
             },
-            _ => apply_delta(old, l4_delta),
+            _ => apply_delta(old, d.l4),
         };
         ip[csum_at..csum_at + 2].copy_from_slice(&new.to_be_bytes());
     }
@@ -79,25 +115,22 @@ pub fn rewrite(
     Ok(())
 }
 
-/// Write `new` over the 4 bytes at `at` (which hold `old`) and return the
-/// RFC 1624 delta of the two 16-bit words.
+/// `~m + m'` over both 16-bit words of an address change (0 if unchanged).
 #[inline]
-fn word_delta(buf: &mut [u8], at: usize, old: &[u8; 4], new: &[u8; 4]) -> u32 {
+fn addr_delta(old: Ipv4Addr, new: Ipv4Addr) -> u32 {
     if old == new {
         return 0;
     }
-    buf[at..at + 4].copy_from_slice(new);
-    let w = |b: &[u8; 4], i: usize| u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
-    (!w(old, 0) & 0xffff) + w(new, 0) + (!w(old, 2) & 0xffff) + w(new, 2)
+    let (o, n) = (u32::from(old), u32::from(new));
+    (!(o >> 16) & 0xffff) + (n >> 16) + (!o & 0xffff) + (n & 0xffff)
 }
 
-/// Write port `new` at `at` (which holds `old`) and return its delta.
+/// `~m + m'` of a port change (0 if unchanged).
 #[inline]
-fn port_delta(buf: &mut [u8], at: usize, old: u16, new: u16) -> u32 {
+fn port_delta(old: u16, new: u16) -> u32 {
     if old == new {
         return 0;
     }
-    buf[at..at + 2].copy_from_slice(&new.to_be_bytes());
     u32::from(!old) + u32::from(new)
 }
 
