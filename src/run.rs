@@ -88,7 +88,7 @@ use kxdp_control::source::kube::{
 use kxdp_dataplane::conntrack::{AffinityTable, Conntrack, CtConfig};
 use kxdp_dataplane::io::afxdp::ring::CoreLimits;
 use kxdp_dataplane::io::afxdp::{BindMode, HugePages, PortConfig, StoreConfig, XskStore};
-use kxdp_dataplane::pipeline::{flush_revoked, Ingress};
+use kxdp_dataplane::pipeline::{flush_revoked, flush_stale_udp, Ingress};
 use kxdp_dataplane::tables::{
     publication, IpProto, LocalPod, NeighbourTable, NodeConfig, PodTable, PolicyTable, RouteTable,
     ServiceTable, TableReader, TableSet, VxlanConfig,
@@ -790,6 +790,17 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     let hook_revoke = revoke.clone();
     let hook_ct = ct.clone();
     hooks.push(Box::new(move |ev: &PublishEvent<'_>| {
+        // UDP through a Service whose endpoint went away: balance the next
+        // datagram anew instead of sending it to the dead endpoint until
+        // the entry times out (kube-proxy's conntrack cleanup).
+        let stale = flush_stale_udp(&hook_ct, ev.tables);
+        if stale > 0 {
+            tracing::info!(
+                generation = ev.tables.generation,
+                flushed = stale,
+                "stale UDP Service entries flushed"
+            );
+        }
         if hook_revoke.swap(false, Ordering::AcqRel) {
             let t0 = Instant::now();
             let n = flush_revoked(&hook_ct, ev.tables);

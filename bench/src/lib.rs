@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod fixture;
+pub mod harness;
 pub mod policy;
 pub mod stats;

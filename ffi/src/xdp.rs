@@ -48,9 +48,41 @@
 //!
 //! [`SteeringProgram::attach`] takes an [`Interface`] the caller resolved
 //! by name in the current network namespace, re-checks the name/index
-//! pair, refuses the loopback device and never replaces a program it did
-//! not load (`XDP_FLAGS_UPDATE_IF_NOEXIST`). `Drop` only detaches a
-//! program that is still the one this loader attached.
+//! pair, refuses the loopback device and never replaces a program that is
+//! not kxdp's (see *Takeover*; otherwise `XDP_FLAGS_UPDATE_IF_NOEXIST`).
+//! `Drop` only detaches a program that is still the one this loader
+//! attached.
+//!
+//! # Takeover
+//!
+//! A kxdp that crashed (or exited with `--leave-attached`) leaves its
+//! programs attached, by design (fail closed). The next `attach` to such an
+//! interface takes it over instead of failing with `EBUSY`:
+//!
+//! 1. The resident program is identified from the kernel's own record
+//!    (`BPF_OBJ_GET_INFO_BY_FD` on an fd opened from its id): it is kxdp's
+//!    only when its name is one of the steering program's
+//!    ([`PROG_NAMES`]) *and* it uses maps named `xsks`, `xsk_base` and
+//!    `stats` ([`is_kxdp_program`]). Anything else is refused
+//!    ([`XdpError::Foreign`]) and left alone.
+//! 2. Same attach mode: the new program replaces it atomically with
+//!    `XDP_FLAGS_REPLACE`, the old program's fd as the expected one
+//!    (`IFLA_XDP_EXPECTED_FD`); if anything else was attached in between,
+//!    the kernel refuses (`EEXIST`) and nothing changes. There is no
+//!    instant without a program, so pods never fail open.
+//! 3. Different mode (the old one ran generic, the new one native or the
+//!    reverse): the two modes cannot be swapped in one operation, so the old
+//!    program is detached and the new one attached. In that brief window
+//!    (two netlink calls) the interface has no program and its frames go
+//!    to the kernel; run with the same `--xdp-mode` across restarts to
+//!    avoid it.
+//!
+//! The same holds for a pin directory a dead kxdp left behind
+//! ([`LoadOptions::pin_dir`]): when it holds nothing but the names this
+//! loader pins, the stale pins are removed and pinned anew; a directory
+//! with anything else in it is refused. Two live daemons sharing one node
+//! (or one pin directory) are not supported: the second takes the first's
+//! interfaces over.
 //!
 //! Everything here acts on the calling thread's network namespace
 //! (netlink and `if_nametoindex` are per namespace).
@@ -108,6 +140,14 @@ pub enum XdpError {
     },
     #[error("no free XSKMAP slots for {queues} queues")]
     SlotsExhausted { queues: u32 },
+    #[error(
+        "refusing to replace XDP program {id} ({prog:?}) on {name:?}: not kxdp's steering program"
+    )]
+    Foreign { name: String, id: u32, prog: String },
+    #[error(
+        "pin directory {path:?} holds {entry:?}, which kxdp does not pin; refusing to reuse it"
+    )]
+    ForeignPin { path: PathBuf, entry: String },
     #[error("{path:?} is not a bpffs mount (mount -t bpf bpf /sys/fs/bpf)")]
     NotBpffs { path: PathBuf },
     #[error("program or map {name:?} missing from the steering object")]
@@ -352,6 +392,151 @@ impl std::fmt::Debug for SteeringProgram {
 const PROG_POD: &str = "steer_pod";
 const PROG_UPLINK: &str = "steer_uplink";
 
+/// Names of the steering programs (within `BPF_OBJ_NAME_LEN`, so the
+/// kernel keeps them whole).
+pub const PROG_NAMES: [&str; 2] = [PROG_POD, PROG_UPLINK];
+
+/// Maps every steering program uses; with [`PROG_NAMES`] they identify a
+/// resident program as kxdp's.
+const SIGNATURE_MAPS: [&str; 3] = ["xsks", "xsk_base", "stats"];
+
+/// Every name [`LoadOptions::pin_dir`] can hold.
+const PIN_NAMES: [&str; 11] = [
+    "xsks",
+    "xsk_base",
+    "config",
+    "frontends",
+    "node_ports",
+    "pod_ips",
+    "pod_veths",
+    "host_addrs",
+    "stats",
+    PROG_POD,
+    PROG_UPLINK,
+];
+
+/// Whether a program named `prog` using maps named `maps` is a kxdp
+/// steering program (see the module docs, *Takeover*).
+pub fn is_kxdp_program<S: AsRef<str>>(prog: &str, maps: &[S]) -> bool {
+    PROG_NAMES.contains(&prog)
+        && SIGNATURE_MAPS
+            .iter()
+            .all(|want| maps.iter().any(|m| m.as_ref() == *want))
+}
+
+/// The entries of a pin directory left by an earlier kxdp, or the first
+/// entry that is not one of kxdp's pin names.
+fn stale_pins(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|source| XdpError::Io {
+        what: format!("read pin directory {}", dir.display()),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|source| XdpError::Io {
+            what: format!("read pin directory {}", dir.display()),
+            source,
+        })?;
+        let name = e.file_name();
+        match name.to_str() {
+            Some(n) if PIN_NAMES.contains(&n) => out.push(e.path()),
+            _ => {
+                return Err(XdpError::ForeignPin {
+                    path: dir.to_owned(),
+                    entry: name.to_string_lossy().into_owned(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A program the kernel has attached to an interface.
+#[derive(Debug)]
+struct Resident {
+    id: u32,
+    /// The mode flag it is attached in (`XDP_FLAGS_*_MODE` bits).
+    mode: u32,
+    /// Opened from `id`: identification and the expected fd of the
+    /// atomic replace refer to the very same program.
+    fd: OwnedFd,
+    name: String,
+    maps: Vec<String>,
+}
+
+impl Resident {
+    fn is_kxdp(&self) -> bool {
+        is_kxdp_program(&self.name, &self.maps)
+    }
+}
+
+/// Name and map ids of the program behind `fd` (`BPF_OBJ_GET_INFO_BY_FD`).
+fn prog_name_and_maps(fd: BorrowedFd<'_>) -> std::io::Result<(String, Vec<u32>)> {
+    use libbpf_rs::libbpf_sys::{bpf_prog_get_info_by_fd, bpf_prog_info};
+    use std::os::fd::AsRawFd;
+    let mut info = bpf_prog_info::default();
+    let mut len = std::mem::size_of::<bpf_prog_info>() as u32;
+    // SAFETY: `info` is a valid, writable bpf_prog_info of `len` bytes;
+    // with map_ids = 0 the kernel writes nothing else.
+    let rc = unsafe { bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
+    }
+    let name: Vec<u8> = info
+        .name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    let name = String::from_utf8_lossy(&name).into_owned();
+    // A program uses a handful of maps; the count is bounded by the
+    // kernel (MAX_USED_MAPS = 64).
+    let n = info.nr_map_ids.min(64);
+    let mut ids = vec![0u32; n as usize];
+    if n > 0 {
+        let mut info2 = bpf_prog_info {
+            nr_map_ids: n,
+            map_ids: ids.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        let mut len = std::mem::size_of::<bpf_prog_info>() as u32;
+        // SAFETY: `map_ids` points at `n` writable u32s that outlive the
+        // call, and `nr_map_ids` tells the kernel that capacity.
+        let rc = unsafe { bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info2, &mut len) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(-rc));
+        }
+        ids.truncate(info2.nr_map_ids.min(n) as usize);
+    }
+    Ok((name, ids))
+}
+
+/// Atomically replaces `old` with `new` on `ifindex` in `mode`
+/// (`XDP_FLAGS_REPLACE` + the mode flag; the kernel checks that `old` is
+/// still the attached program).
+fn xdp_replace(
+    ifindex: u32,
+    new: BorrowedFd<'_>,
+    old: BorrowedFd<'_>,
+    mode: XdpFlags,
+) -> std::io::Result<()> {
+    use libbpf_rs::libbpf_sys::{bpf_xdp_attach, bpf_xdp_attach_opts};
+    use std::os::fd::AsRawFd;
+    let opts = bpf_xdp_attach_opts {
+        sz: std::mem::size_of::<bpf_xdp_attach_opts>() as _,
+        old_prog_fd: old.as_raw_fd(),
+        ..Default::default()
+    };
+    let flags = (mode | XdpFlags::REPLACE).bits();
+    // SAFETY: both fds are valid program fds borrowed for the call and
+    // `opts` is a properly sized bpf_xdp_attach_opts.
+    let rc = unsafe { bpf_xdp_attach(ifindex as i32, new.as_raw_fd(), flags, &opts) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(-rc));
+    }
+    Ok(())
+}
+
 impl SteeringProgram {
     /// Loads the program into the kernel (nothing is attached yet) and
     /// writes the default [`UplinkConfig`].
@@ -426,10 +611,20 @@ impl SteeringProgram {
                 path: parent.to_owned(),
             });
         }
-        std::fs::create_dir(dir).map_err(|source| XdpError::Io {
-            what: format!("create pin directory {}", dir.display()),
-            source,
-        })?;
+        if dir.is_dir() {
+            // Left by a kxdp that did not exit cleanly: take it over.
+            for stale in stale_pins(dir)? {
+                std::fs::remove_file(&stale).map_err(|source| XdpError::Io {
+                    what: format!("remove stale pin {}", stale.display()),
+                    source,
+                })?;
+            }
+        } else {
+            std::fs::create_dir(dir).map_err(|source| XdpError::Io {
+                what: format!("create pin directory {}", dir.display()),
+                source,
+            })?;
+        }
         self.pin_dir = Some(dir.to_owned());
         let maps: [(&str, &mut MapHandle); 9] = [
             ("xsks", &mut self.xsks),
@@ -527,17 +722,106 @@ impl SteeringProgram {
             Role::Pod => PROG_POD,
             Role::Uplink => PROG_UPLINK,
         };
-        let fd = self.prog_fd(name)?;
-        let res = Xdp::new(fd)
-            .attach(
-                iface.ifindex as i32,
-                mode.flags() | XdpFlags::UPDATE_IF_NOEXIST,
-            )
-            .map_err(bpf_err(format!("attach {name} to {}", iface.name)));
+        let res = self.attach_or_take_over(iface, name, mode);
         if res.is_err() {
             let _ = self.xsk_base.delete(&iface.ifindex.to_ne_bytes());
         }
         res
+    }
+
+    /// Attaches program `name` to `iface`; a kxdp program left attached
+    /// there is replaced (module docs, *Takeover*), any other program is
+    /// refused.
+    fn attach_or_take_over(
+        &self,
+        iface: &Interface,
+        name: &'static str,
+        mode: AttachMode,
+    ) -> Result<()> {
+        let fd = self.prog_fd(name)?;
+        let xdp = Xdp::new(fd);
+        let residents = self.residents(iface)?;
+        if let Some(foreign) = residents.iter().find(|r| !r.is_kxdp()) {
+            return Err(XdpError::Foreign {
+                name: iface.name.clone(),
+                id: foreign.id,
+                prog: foreign.name.clone(),
+            });
+        }
+        let same_mode = residents.iter().find(|r| r.mode == mode.flags().bits());
+        match (same_mode, residents.first()) {
+            (_, None) => xdp
+                .attach(
+                    iface.ifindex as i32,
+                    mode.flags() | XdpFlags::UPDATE_IF_NOEXIST,
+                )
+                .map_err(bpf_err(format!("attach {name} to {}", iface.name))),
+            (Some(old), _) => {
+                xdp_replace(iface.ifindex, fd, old.fd.as_fd(), mode.flags()).map_err(|source| {
+                    XdpError::Io {
+                        what: format!(
+                            "replace kxdp program {} left on {} by {name}",
+                            old.id, iface.name
+                        ),
+                        source,
+                    }
+                })
+            }
+            (None, Some(_)) => {
+                // Other mode: detach then attach (the documented window).
+                for old in &residents {
+                    Xdp::new(old.fd.as_fd())
+                        .detach(iface.ifindex as i32, XdpFlags::from_bits_truncate(old.mode))
+                        .map_err(bpf_err(format!(
+                            "detach kxdp program {} left on {}",
+                            old.id, iface.name
+                        )))?;
+                }
+                xdp.attach(
+                    iface.ifindex as i32,
+                    mode.flags() | XdpFlags::UPDATE_IF_NOEXIST,
+                )
+                .map_err(bpf_err(format!("attach {name} to {}", iface.name)))
+            }
+        }
+    }
+
+    /// The programs attached to `iface` in any mode, identified.
+    fn residents(&self, iface: &Interface) -> Result<Vec<Resident>> {
+        let q = Xdp::new(self.prog_pod.as_fd())
+            .query(iface.ifindex as i32, XdpFlags::NONE)
+            .map_err(bpf_err(format!("query XDP on {}", iface.name)))?;
+        let mut out = Vec::new();
+        for (id, mode) in [
+            (q.drv_prog_id, XdpFlags::DRV_MODE.bits()),
+            (q.skb_prog_id, XdpFlags::SKB_MODE.bits()),
+            (q.hw_prog_id, XdpFlags::HW_MODE.bits()),
+        ] {
+            if id == 0 {
+                continue;
+            }
+            let fd = libbpf_rs::Program::fd_from_id(id)
+                .map_err(bpf_err(format!("open XDP program {id} on {}", iface.name)))?;
+            let (name, map_ids) =
+                prog_name_and_maps(fd.as_fd()).map_err(|source| XdpError::Io {
+                    what: format!("identify XDP program {id} on {}", iface.name),
+                    source,
+                })?;
+            // A map that vanished meanwhile just does not count.
+            let maps = map_ids
+                .into_iter()
+                .filter_map(|m| MapHandle::from_map_id(m).ok())
+                .map(|m| m.name().to_string_lossy().into_owned())
+                .collect();
+            out.push(Resident {
+                id,
+                mode,
+                fd,
+                name,
+                maps,
+            });
+        }
+        Ok(out)
     }
 
     /// Detaches from `ifindex` (only if our program is still the one
@@ -898,6 +1182,61 @@ mod tests {
                 assert!(a.free.iter().all(|&(_, l)| l < n) || free < n);
             }
         }
+    }
+
+    #[test]
+    fn kxdp_program_needs_name_and_signature_maps() {
+        let ours = ["xsks", "xsk_base", "config", "stats", "pod_veths"];
+        assert!(is_kxdp_program("steer_pod", &ours));
+        assert!(is_kxdp_program("steer_uplink", &ours));
+        // Someone else's program, even with a map of the same name.
+        assert!(!is_kxdp_program("xdp_prog", &ours));
+        assert!(!is_kxdp_program("steer_pod", &["xsks", "stats"]));
+        assert!(!is_kxdp_program("steer_pod", &[] as &[&str]));
+        assert!(!is_kxdp_program("steer_pod_x", &ours));
+    }
+
+    #[test]
+    fn stale_pins_accepts_only_kxdp_names() {
+        let dir = std::env::temp_dir().join(format!("kxdp-pins-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        for n in ["xsks", "steer_pod", "stats"] {
+            std::fs::write(dir.join(n), b"").unwrap();
+        }
+        let mut got = stale_pins(&dir).unwrap();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![dir.join("stats"), dir.join("steer_pod"), dir.join("xsks")]
+        );
+        std::fs::write(dir.join("not-ours"), b"").unwrap();
+        let err = stale_pins(&dir).unwrap_err();
+        assert!(
+            matches!(&err, XdpError::ForeignPin { entry, .. } if entry == "not-ours"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pin_names_cover_every_pinned_object() {
+        // pin_all pins these maps plus both programs.
+        let maps = [
+            "xsks",
+            "xsk_base",
+            "config",
+            "frontends",
+            "node_ports",
+            "pod_ips",
+            "pod_veths",
+            "host_addrs",
+            "stats",
+        ];
+        for n in maps.iter().chain(PROG_NAMES.iter()) {
+            assert!(PIN_NAMES.contains(n), "{n}");
+        }
+        assert_eq!(PIN_NAMES.len(), maps.len() + PROG_NAMES.len());
     }
 
     #[test]

@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 pub use frame::{Egress, Frame, Ingress, Verdict};
 pub use parse::{Headers, IcmpKind};
-pub use revoke::{flush_revoked, still_allowed};
+pub use revoke::{flush_revoked, flush_stale_udp, still_allowed};
 pub use trace::{NoTrace, Stage, StageRecord, TraceLog, Tracer};
 
 use crate::conntrack::AffinityTable;
@@ -47,16 +47,6 @@ use crate::tables::{LocalPod, MacAddr, TableSet};
 use crate::trace_stage;
 use crate::wire::{ip_proto, EthernetFrame, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use crate::DropReason;
-
-/// Conntrack meta flags set by the pipeline.
-pub mod ct_flags {
-    /// The destination was translated (Service).
-    pub const DNAT: u16 = 1 << 0;
-    /// The source was translated (masquerade, hairpin).
-    pub const SNAT: u16 = 1 << 1;
-    /// The client reached itself through a Service.
-    pub const HAIRPIN: u16 = 1 << 2;
-}
 
 /// Per-worker counters. Plain integers: one worker owns them.
 #[derive(Clone, Debug, Default)]
@@ -230,33 +220,7 @@ impl Pipeline {
             h.ttl
         );
 
-        // Established flows whose action is cached skip every other stage
-        // (the cache's contract is in `fast_path`). Traced packets never do.
         let from_vxlan = ingress == Ingress::Uplink && l2::is_vxlan(t, &h);
-        let flow_id = fast_path::FlowId {
-            key: FlowKey {
-                src: h.src,
-                dst: h.dst,
-                sport: h.sport,
-                dport: h.dport,
-                proto: h.proto,
-            },
-            ingress,
-            l2_src,
-        };
-        if !tr.enabled() && !from_vxlan && fast_path::eligible(&h) {
-            let ident = self.next_ident();
-            if let Some(entry) = self.flow_cache.lookup(t, &flow_id, &h) {
-                if let Some(hit) = self.conntrack.lookup(&flow_id.key, now, h.tcp_flags) {
-                    if entry.confirmed_by(&hit) {
-                        let verdict = fast_path::forward(frame, &mut h, entry, ident);
-                        self.flow_cache.count_hit();
-                        return Ok(verdict.unwrap_or_else(Verdict::Drop));
-                    }
-                }
-            }
-        }
-
         let mut origin = Origin {
             ingress,
             vxlan_src: None,
@@ -270,6 +234,39 @@ impl Pipeline {
             let (inner, outer_src) = l2::decap(t, frame, &h, tr)?;
             h = inner;
             origin.vxlan_src = Some(outer_src);
+        }
+
+        // Established flows whose action is cached skip every other stage
+        // (the cache's contract is in `fast_path`). Traced packets never do.
+        // A decapsulated flow is identified by its inner Ethernet source
+        // (the sending node's VTEP MAC).
+        let flow_l2_src = if from_vxlan {
+            parse::ethernet(frame.data()).map_err(Verdict::Drop)?.src()
+        } else {
+            l2_src
+        };
+        let flow_id = fast_path::FlowId {
+            key: FlowKey {
+                src: h.src,
+                dst: h.dst,
+                sport: h.sport,
+                dport: h.dport,
+                proto: h.proto,
+            },
+            ingress,
+            l2_src: flow_l2_src,
+        };
+        if !tr.enabled() && fast_path::eligible(&h) {
+            let ident = self.next_ident();
+            if let Some(entry) = self.flow_cache.lookup(t, &flow_id, &h) {
+                if let Some(hit) = self.conntrack.lookup(&flow_id.key, now, h.tcp_flags) {
+                    if entry.confirmed_by(&hit) {
+                        let verdict = fast_path::forward(frame, &mut h, entry, ident);
+                        self.flow_cache.count_hit();
+                        return Ok(verdict.unwrap_or_else(Verdict::Drop));
+                    }
+                }
+            }
         }
 
         // Anti-spoof (pod veths only).
@@ -355,7 +352,7 @@ impl Pipeline {
                 );
             }
             let verdict = l2::route(self, t, frame, &h, origin, tr)?;
-            if origin.vxlan_src.is_none() && fast_path::eligible(&h) {
+            if fast_path::eligible(&h) {
                 self.flow_cache.record(t, flow_id, to, verdict, frame);
             }
             return Ok(verdict);
@@ -435,8 +432,7 @@ impl Pipeline {
             )?;
         }
         let meta = CtMeta {
-            flags: choice.as_ref().map_or(0, |_| ct_flags::DNAT)
-                | snat.map_or(0, |_| ct_flags::SNAT),
+            flags: choice.as_ref().map_or(0, |_| CtMeta::DNAT) | snat.map_or(0, |_| CtMeta::SNAT),
             service_port: choice.as_ref().map_or(u32::MAX, |c| c.service_port),
             policy_generation: 0,
         };

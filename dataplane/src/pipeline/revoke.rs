@@ -1,14 +1,25 @@
-//! Policy revocation: when a new table generation denies what an
-//! established connection was admitted under, the connection ends too.
+//! Sweeps after a publish: connections a new table generation no longer
+//! admits end.
+//!
+//! - Policy revocation ([`flush_revoked`]): when a new generation denies
+//!   what an established connection was admitted under, the connection ends
+//!   too.
+//! - Stale UDP ([`flush_stale_udp`]): a UDP "connection" through a Service
+//!   whose backend is no longer an endpoint is removed, so the client's next
+//!   datagram is balanced anew instead of going to a dead endpoint until the
+//!   entry times out — the stale-DNS problem kube-proxy users know (kube-proxy
+//!   deletes those entries with `conntrack -D`). TCP is left alone: the
+//!   endpoint's RST ends it.
 //!
 //! Stateful policy lets replies of an admitted connection pass without a
 //! policy check; without this sweep, revoking access would not affect
 //! connections that are already open. Cilium and Calico drop them; kxdp
 //! does the same after every publish whose policy changed.
 
-use crate::conntrack::{Conntrack, CtEntryView};
+use crate::conntrack::{Conntrack, CtEntryView, CtMeta};
 use crate::tables::policy::{PolicyDirection, PolicyVerdict};
 use crate::tables::{IpProto, TableSet};
+use crate::wire::ip_proto;
 
 /// Remove every conntrack entry that `tables` would no longer admit.
 /// Returns how many were removed.
@@ -50,4 +61,35 @@ pub fn still_allowed(tables: &TableSet, entry: &CtEntryView) -> bool {
         }
     }
     true
+}
+
+/// Remove UDP entries through a Service whose backend the new `tables` no
+/// longer list for that Service frontend. Returns how many were removed.
+pub fn flush_stale_udp(conntrack: &Conntrack, tables: &TableSet) -> usize {
+    conntrack.flush_matching(|e| {
+        e.original.proto == ip_proto::UDP
+            && e.meta.has(CtMeta::DNAT)
+            && !backend_still_serves(tables, e)
+    })
+}
+
+/// Is the entry's backend (the reply tuple's source) still a usable backend
+/// of the frontend the client addressed?
+fn backend_still_serves(tables: &TableSet, e: &CtEntryView) -> bool {
+    let Some(proto) = IpProto::from_number(e.original.proto) else {
+        return true;
+    };
+    let dst_is_node = tables.node.is_node_ip(e.original.dst);
+    let Some(frontend) =
+        tables
+            .services
+            .lookup(e.original.dst, e.original.dport, proto, dst_is_node)
+    else {
+        return false;
+    };
+    let Some(port) = tables.services.port(frontend.service_port) else {
+        return false;
+    };
+    port.backends_for(frontend.kind)
+        .contains(e.reply.src, e.reply.sport)
 }

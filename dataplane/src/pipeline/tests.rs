@@ -1369,6 +1369,17 @@ fn fast_path_forwards_exactly_like_the_full_pipeline() {
             Ingress::Pod { ifindex: A2_IF },
         ),
     ];
+    // A flow arriving over VXLAN from node-b (decapsulated, then cached).
+    let mut script = script;
+    script.push((
+        vxlan_packet(
+            NODE_B,
+            NODE_A,
+            1,
+            &udp(VTEP_B_MAC, VTEP_A_MAC, B1, A1, 63, 5353, 45000, b"a"),
+        ),
+        Ingress::Uplink,
+    ));
     for round in 0..4u64 {
         for (i, (pkt, ing)) in script.iter().enumerate() {
             let now = SEC * (10 + round) + i as u64;
@@ -1464,4 +1475,57 @@ fn fast_path_lets_go_of_flushed_flows_and_new_generations() {
             Some(DropReason::TtlExceeded)
         )
     );
+}
+
+#[test]
+fn stale_udp_service_entries_are_flushed_after_a_publish_and_tcp_is_kept() {
+    let (mut t, mut p) = (tables(), pipeline());
+    run_fast(
+        &mut p,
+        &t,
+        SEC,
+        &udp(A1_POD_MAC, A1_HOST_MAC, A1, VIP_LOCAL, 64, 43002, 80, b"q"),
+        Ingress::Pod { ifindex: A1_IF },
+    );
+    run_fast(
+        &mut p,
+        &t,
+        SEC,
+        &tcp(
+            A1_POD_MAC,
+            A1_HOST_MAC,
+            A1,
+            VIP_LOCAL,
+            64,
+            43003,
+            80,
+            "S",
+            b"",
+        ),
+        Ingress::Pod { ifindex: A1_IF },
+    );
+    run_fast(
+        &mut p,
+        &t,
+        SEC,
+        &udp(A1_POD_MAC, A1_HOST_MAC, A1, A2, 64, 43004, 9, b"direct"),
+        Ingress::Pod { ifindex: A1_IF },
+    );
+    assert_eq!(p.conntrack().len(), 3);
+    assert_eq!(flush_stale_udp(p.conntrack(), &t), 0, "nothing changed yet");
+    // a2 is no longer an endpoint of either Service.
+    for sp in t
+        .services
+        .ports
+        .iter_mut()
+        .filter(|sp| sp.name.starts_with("local"))
+    {
+        sp.cluster = BackendSet::new(vec![be(A2, 9999, true)]);
+    }
+    assert_eq!(
+        flush_stale_udp(p.conntrack(), &t),
+        1,
+        "only the UDP flow through the Service"
+    );
+    assert_eq!(p.conntrack().len(), 2);
 }

@@ -407,6 +407,12 @@ impl PortConfig {
     }
 }
 
+impl ring::FrameId for FrameDesc {
+    fn frame(&self) -> usize {
+        self.addr() / FRAME_SIZE
+    }
+}
+
 /// The xsk-rs rings of one socket.
 struct Rings {
     tx: TxQueue,
@@ -536,7 +542,7 @@ impl AfXdpPort {
             zero_copy,
             need_wakeup: cfg.need_wakeup,
             rings: Rings { tx, rx, fill, comp },
-            core: PortCore::new(limits),
+            core: PortCore::registered(limits, &mut store.pool),
             rx_scratch: vec![FrameDesc::default(); cfg.rx_batch.max(1)],
             stats: PortStats::default(),
         };
@@ -571,13 +577,33 @@ impl AfXdpPort {
     }
 
     /// Closes the socket. Pending frames and completions go back to the
-    /// store; frames still in the fill ring are lost with the socket
-    /// (xsk-rs cannot recreate their descriptors) and their number is
-    /// returned so the worker can account for a smaller pool.
-    pub fn close(mut self, store: &mut XskStore) -> u32 {
-        self.core.drain_pending(&mut store.pool);
-        while self.core.complete(&mut self.rings, &mut store.pool) > 0 {}
-        self.core.forget_in_flight()
+    /// store; then the socket is released (`close(2)` runs the kernel's
+    /// `xsk_release` before it returns, which removes the socket from
+    /// every XSKMAP and stops all use of its rings), and the frames it
+    /// still held in its fill, rx and tx rings are re-issued from the
+    /// store's descriptor list (see [`ring`]'s *Frames lent to a socket
+    /// that closes*). Returns the frames that could not be recovered, for
+    /// the worker's account.
+    ///
+    /// Copy mode only: in zero-copy mode the kernel releases the driver's
+    /// buffer pool from a work queue after `close(2)` returns
+    /// (`xp_put_pool` -> `xp_release_deferred`), so the NIC may still
+    /// write into those frames for a moment. They are not reclaimed
+    /// there and count as lost, as before.
+    pub fn close(self, store: &mut XskStore) -> u32 {
+        let AfXdpPort {
+            mut rings,
+            mut core,
+            zero_copy,
+            ..
+        } = self;
+        core.drain_pending(&mut store.pool);
+        while core.complete(&mut rings, &mut store.pool) > 0 {}
+        drop(rings);
+        if zero_copy {
+            return core.forget_in_flight();
+        }
+        core.reclaim_in_flight(&mut store.pool)
     }
 }
 

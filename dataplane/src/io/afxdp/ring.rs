@@ -21,21 +21,110 @@
 //! A port's fill ring is stocked up to its `fill_target` only, so many
 //! ports (one per pod veth) can share one pool without one of them
 //! hoarding every frame.
+//!
+//! # Frames lent to a socket that closes
+//!
+//! Descriptors are opaque tokens here (xsk-rs cannot make one from an
+//! address), so a frame the kernel still holds in a fill or tx ring when
+//! its socket closes would be gone for good. The pool therefore keeps the
+//! full descriptor list by frame number ([`FrameId`]) and, per frame, the
+//! port ([`PortCore::registered`]) whose fill or tx ring it was handed to.
+//! After the socket is released, [`PortCore::reclaim_in_flight`] gives
+//! every frame still marked as that port's back to the free list from the
+//! saved descriptors. The mark costs one store per frame on refill, rx and
+//! tx; the reclaim scans the pool once per closed port.
 
 use std::io;
+
+/// A frame descriptor that names its UMEM frame.
+pub trait FrameId: Copy + Default {
+    /// The frame's number: its address divided by the frame size.
+    fn frame(&self) -> usize;
+}
+
+/// [`FramePool`]'s mark of a frame that is in no port's rings.
+const NOT_LENT: u32 = 0;
 
 /// Worker-wide free list of UMEM frame descriptors.
 #[derive(Debug)]
 pub struct FramePool<D> {
     free: Vec<D>,
     total: usize,
+    /// Every descriptor the pool was created with, by frame number: what
+    /// [`FramePool::reclaim`] re-issues.
+    all: Vec<Option<D>>,
+    /// Per frame number: the port whose fill or tx ring holds the frame,
+    /// or [`NOT_LENT`].
+    lent_to: Vec<u32>,
+    /// Last port id handed out by [`FramePool::register_port`].
+    last_port: u32,
 }
 
-impl<D: Copy> FramePool<D> {
-    /// A pool owning `descs` (all of the UMEM's frames).
+impl<D: FrameId> FramePool<D> {
+    /// A pool owning `descs` (all of the UMEM's frames). Frames whose
+    /// number is not below `descs.len()` (never the case for a UMEM's own
+    /// list) are pooled but not tracked: they cannot be reclaimed.
     pub fn new(descs: Vec<D>) -> Self {
         let total = descs.len();
-        FramePool { free: descs, total }
+        let mut all = vec![None; total];
+        for d in &descs {
+            if let Some(slot) = all.get_mut(d.frame()) {
+                *slot = Some(*d);
+            }
+        }
+        FramePool {
+            free: descs,
+            total,
+            all,
+            lent_to: vec![NOT_LENT; total],
+            last_port: NOT_LENT,
+        }
+    }
+
+    /// A new port id for [`PortCore::registered`] (never [`NOT_LENT`]).
+    pub fn register_port(&mut self) -> u32 {
+        // 4 billion opens per worker before ids repeat; a repeat could only
+        // reclaim frames of a port closed long ago, which are back already.
+        self.last_port = self.last_port.wrapping_add(1).max(1);
+        self.last_port
+    }
+
+    /// Marks `d` as handed to `port`'s fill or tx ring.
+    fn lend(&mut self, d: &D, port: u32) {
+        if let Some(o) = self.lent_to.get_mut(d.frame()) {
+            *o = port;
+        }
+    }
+
+    /// Marks `d` as back in userspace (received or completed).
+    fn returned(&mut self, d: &D) {
+        if let Some(o) = self.lent_to.get_mut(d.frame()) {
+            *o = NOT_LENT;
+        }
+    }
+
+    /// Puts every frame still marked as lent to `port` back on the free
+    /// list, from the saved descriptors. Only after `port`'s socket is
+    /// released: the kernel must hold none of them any more. Returns how
+    /// many came back.
+    pub fn reclaim(&mut self, port: u32) -> usize {
+        if port == NOT_LENT {
+            return 0;
+        }
+        let mut n = 0;
+        for (owner, d) in self.lent_to.iter_mut().zip(&self.all) {
+            if *owner != port {
+                continue;
+            }
+            *owner = NOT_LENT;
+            if let Some(d) = d {
+                if self.free.len() < self.total {
+                    self.free.push(*d);
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Frames currently free.
@@ -62,6 +151,7 @@ impl<D: Copy> FramePool<D> {
         if self.free.len() >= self.total {
             return false;
         }
+        self.returned(&d);
         self.free.push(d);
         true
     }
@@ -146,6 +236,9 @@ pub struct CoreCounters {
 #[derive(Debug)]
 pub struct PortCore<D> {
     limits: CoreLimits,
+    /// Id in the pool's lending marks ([`FramePool::register_port`]);
+    /// [`NOT_LENT`] for a port whose frames are not tracked.
+    port: u32,
     /// Frames in the fill ring or being received by the kernel.
     fill_outstanding: u32,
     /// Frames in the tx ring or being sent by the kernel.
@@ -158,11 +251,25 @@ pub struct PortCore<D> {
     counters: CoreCounters,
 }
 
-impl<D: Copy + Default> PortCore<D> {
-    /// A port with nothing in flight.
+impl<D: FrameId> PortCore<D> {
+    /// A port with nothing in flight whose frames are not tracked: what
+    /// its socket holds when it closes is lost
+    /// ([`PortCore::forget_in_flight`]).
     pub fn new(limits: CoreLimits) -> Self {
+        Self::with_port(limits, NOT_LENT)
+    }
+
+    /// A port with nothing in flight whose frames `pool` tracks, so
+    /// [`PortCore::reclaim_in_flight`] recovers them when its socket
+    /// closes.
+    pub fn registered(limits: CoreLimits, pool: &mut FramePool<D>) -> Self {
+        Self::with_port(limits, pool.register_port())
+    }
+
+    fn with_port(limits: CoreLimits, port: u32) -> Self {
         PortCore {
             limits,
+            port,
             fill_outstanding: 0,
             tx_outstanding: 0,
             pending: Vec::with_capacity(limits.tx_batch),
@@ -205,6 +312,9 @@ impl<D: Copy + Default> PortCore<D> {
             self.counters.pool_empty += 1;
         }
         let produced = rings.fill_produce(&self.fill_buf);
+        for d in self.fill_buf.iter().take(produced) {
+            pool.lend(d, self.port);
+        }
         // A ring that took fewer than it said it had room for: the rest
         // goes back to the pool.
         for d in self.fill_buf.drain(..).skip(produced) {
@@ -230,6 +340,9 @@ impl<D: Copy + Default> PortCore<D> {
                 self.counters.wakeup_errors += 1;
             }
             n = rings.rx_consume(out);
+        }
+        for d in out.iter().take(n) {
+            pool.returned(d);
         }
         // The kernel can only hand back frames it was given.
         self.fill_outstanding = self.fill_outstanding.saturating_sub(n as u32);
@@ -260,6 +373,9 @@ impl<D: Copy + Default> PortCore<D> {
         } else {
             rings.tx_produce(&self.pending)
         };
+        for d in self.pending.iter().take(produced) {
+            pool.lend(d, self.port);
+        }
         for d in self.pending.drain(..).skip(produced) {
             self.counters.tx_dropped += 1;
             if !pool.put(d) {
@@ -316,6 +432,17 @@ impl<D: Copy + Default> PortCore<D> {
         self.fill_outstanding = 0;
         self.tx_outstanding = 0;
         lost
+    }
+
+    /// Takes back every frame this port has lent to the kernel, after its
+    /// socket is released (the kernel holds nothing of it any more): a
+    /// [`registered`](PortCore::registered) port's frames go back to
+    /// `pool` from the saved descriptors. Returns the frames that could
+    /// not be recovered (all of them for an untracked port).
+    pub fn reclaim_in_flight(&mut self, pool: &mut FramePool<D>) -> u32 {
+        let back = pool.reclaim(self.port);
+        let lent = self.forget_in_flight();
+        lent.saturating_sub(u32::try_from(back).unwrap_or(u32::MAX))
     }
 
     /// Returns pending (never submitted) frames to the pool.
@@ -427,6 +554,92 @@ mod tests {
         fn rx_wakeup(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    impl FrameId for u64 {
+        fn frame(&self) -> usize {
+            (*self / 2048) as usize
+        }
+    }
+
+    /// What `AfXdpPort::close` does with the model: reap completions,
+    /// release the socket (the kernel's rings vanish with whatever they
+    /// held), reclaim.
+    fn close(c: &mut PortCore<u64>, k: &mut ModelKernel, p: &mut FramePool<u64>) -> u32 {
+        c.drain_pending(p);
+        while c.complete(k, p) > 0 {}
+        *k = ModelKernel::new(k.ring_size);
+        c.reclaim_in_flight(p)
+    }
+
+    #[test]
+    fn closing_a_port_recovers_frames_in_its_fill_and_tx_rings() {
+        let mut p = pool(128);
+        let limits = CoreLimits {
+            fill_target: 48,
+            ..CoreLimits::default()
+        };
+        let (mut ka, mut kb) = (ModelKernel::new(64), ModelKernel::new(64));
+        let mut a = PortCore::registered(limits, &mut p);
+        let mut b = PortCore::registered(limits, &mut p);
+        a.refill(&mut ka, &mut p);
+        b.refill(&mut kb, &mut p);
+        // 10 packets arrive on b and are forwarded out of a; a's tx ring
+        // keeps them (the kernel sends nothing: no kick answered).
+        ka.need_tx_wakeup = false;
+        assert_eq!(kb.arrive(10), 10);
+        let mut buf = [0u64; 16];
+        let n = b.recv(&mut kb, &mut p, &mut buf);
+        assert_eq!(n, 10);
+        for d in &buf[..n] {
+            assert!(a.send(*d, &mut p));
+        }
+        assert_eq!(a.flush(&mut ka, &mut p), 10);
+        // 5 more arrive on a but are never received.
+        assert_eq!(ka.arrive(5), 5);
+        assert_eq!(a.fill_outstanding(), 48);
+        assert_eq!(a.tx_outstanding(), 10);
+        let free_before = p.free();
+        assert_eq!(close(&mut a, &mut ka, &mut p), 0, "nothing lost");
+        assert_eq!(p.free(), free_before + 58);
+        // Every frame is exactly once in the pool or b's rings.
+        let mut seen: BTreeSet<u64> = p.free.iter().copied().collect();
+        for d in kb.fill.iter().chain(&kb.rx) {
+            assert!(seen.insert(*d), "frame {d} twice");
+        }
+        assert_eq!(seen.len(), 128);
+        // b's frames are still b's: closing b recovers them too.
+        assert_eq!(close(&mut b, &mut kb, &mut p), 0);
+        assert_eq!(p.free(), 128);
+    }
+
+    #[test]
+    fn an_untracked_port_reports_its_frames_lost() {
+        let mut p = pool(64);
+        let mut k = ModelKernel::new(64);
+        let mut c = PortCore::new(CoreLimits {
+            fill_target: 20,
+            ..CoreLimits::default()
+        });
+        c.refill(&mut k, &mut p);
+        assert_eq!(close(&mut c, &mut k, &mut p), 20);
+        assert_eq!(p.free(), 44);
+    }
+
+    #[test]
+    fn reclaim_touches_only_the_closed_ports_frames() {
+        let mut p = pool(32);
+        let port = p.register_port();
+        let other = p.register_port();
+        let a = p.alloc().unwrap();
+        let b = p.alloc().unwrap();
+        p.lend(&a, port);
+        p.lend(&b, other);
+        assert_eq!(p.reclaim(port), 1);
+        assert_eq!(p.reclaim(port), 0, "a frame comes back once");
+        assert_eq!(p.free(), 31);
+        assert_eq!(p.free.last(), Some(&a));
+        assert_eq!(p.reclaim(NOT_LENT), 0);
     }
 
     fn pool(n: u64) -> FramePool<u64> {
@@ -550,6 +763,8 @@ mod tests {
         Transmit(usize, usize),
         Complete(usize),
         Refill(usize),
+        /// Closes port i (socket released) and opens a new one in its place.
+        Close(usize),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -562,6 +777,7 @@ mod tests {
             (0..3usize, 0..80usize).prop_map(|(p, n)| Op::Transmit(p, n)),
             (0..3usize).prop_map(Op::Complete),
             (0..3usize).prop_map(Op::Refill),
+            (0..3usize).prop_map(Op::Close),
         ]
     }
 
@@ -578,7 +794,8 @@ mod tests {
             let limits = CoreLimits { fill_target: target, tx_batch: 64, comp_batch: 32, max_tx_kicks: 4 };
             let mut ks: Vec<ModelKernel> = (0..3).map(|_| ModelKernel::new(ring)).collect();
             for k in &mut ks { k.tx_per_kick = 7; }
-            let mut cs: Vec<PortCore<u64>> = (0..3).map(|_| PortCore::new(limits)).collect();
+            let mut cs: Vec<PortCore<u64>> =
+                (0..3).map(|_| PortCore::registered(limits, &mut p)).collect();
             let mut held: Vec<u64> = Vec::new();
             let mut buf = vec![0u64; 80];
             for op in ops {
@@ -598,6 +815,11 @@ mod tests {
                     Op::Transmit(i, n) => { ks[i].transmit(n); }
                     Op::Complete(i) => { cs[i].complete(&mut ks[i], &mut p); }
                     Op::Refill(i) => { cs[i].refill(&mut ks[i], &mut p); }
+                    Op::Close(i) => {
+                        prop_assert_eq!(close(&mut cs[i], &mut ks[i], &mut p), 0);
+                        cs[i] = PortCore::registered(limits, &mut p);
+                        cs[i].refill(&mut ks[i], &mut p);
+                    }
                 }
                 // Accounting matches the model kernel.
                 for (c, k) in cs.iter().zip(&ks) {

@@ -1,0 +1,157 @@
+//! `kxdp-bench`: kxdp against the kernel path on one veth topology, every
+//! mode in one invocation (DESIGN §7). Needs root (namespaces, XDP,
+//! AF_XDP, iptables/nft inside its own namespaces only).
+//!
+//! ```text
+//! kxdp-bench --services 100,10000 --flows 1,10000 --runs 3 --duration 5 --out bench/out
+//! kxdp-bench --smoke                     # CI: ~1 s per mode, asserts delivery only
+//! kxdp-bench --config bench/configs/standard.toml --out bench/out
+//! ```
+//!
+//! Writes `<out>/kxdp-bench.json` and `<out>/kxdp-bench.md`. Exit status 1
+//! when a case failed (every case, in `--smoke`, must deliver packets).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kxdp_bench::harness::{run_all, BenchConfig, GeneratorKind, Mode};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kxdp-bench",
+    about = "kxdp vs the kernel path on a veth topology"
+)]
+struct Cli {
+    /// Run description (TOML, see bench/configs/); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// CI mode: every mode ~1 s, 10 Services, 1 and 100 flows; checks only
+    /// that packets were delivered.
+    #[arg(long)]
+    smoke: bool,
+    /// Modes, comma-separated (direct, kernel-fwd, kernel-iptables,
+    /// kernel-nftables, kxdp-null, kxdp).
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<Mode>,
+    /// Numbers of Services.
+    #[arg(long, value_delimiter = ',')]
+    services: Vec<usize>,
+    /// Numbers of flows (5-tuples).
+    #[arg(long, value_delimiter = ',')]
+    flows: Vec<usize>,
+    /// Runs per case (median reported).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Seconds per run.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// CPU of the dataplane under test.
+    #[arg(long)]
+    dut_core: Option<usize>,
+    /// CPU of generator and sink.
+    #[arg(long)]
+    gen_core: Option<usize>,
+    /// Generator: afxdp (default) or udp.
+    #[arg(long)]
+    generator: Option<String>,
+    /// The kxdp binary (default: next to kxdp-bench).
+    #[arg(long)]
+    kxdp: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, default_value = "kxdp-bench-out")]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kxdp-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let mut cfg = match (&cli.config, cli.smoke) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("read {}: {e}", path.display()))?;
+            let mut c = BenchConfig::from_toml(&text).map_err(|e| e.to_string())?;
+            c.smoke |= cli.smoke;
+            c
+        }
+        (None, true) => BenchConfig::smoke(),
+        (None, false) => BenchConfig::default(),
+    };
+    if !cli.modes.is_empty() {
+        cfg.modes = cli.modes;
+    }
+    if !cli.services.is_empty() {
+        cfg.services = cli.services;
+    }
+    if !cli.flows.is_empty() {
+        cfg.flows = cli.flows;
+    }
+    cfg.runs = cli.runs.unwrap_or(cfg.runs);
+    cfg.duration = cli.duration.unwrap_or(cfg.duration);
+    cfg.dut_core = cli.dut_core.unwrap_or(cfg.dut_core);
+    cfg.gen_core = cli.gen_core.unwrap_or(cfg.gen_core);
+    if let Some(g) = cli.generator.as_deref() {
+        cfg.generator = match g {
+            "afxdp" => GeneratorKind::Afxdp,
+            "udp" => GeneratorKind::Udp,
+            other => return Err(format!("--generator {other:?}: afxdp or udp")),
+        };
+    }
+    if cli.kxdp.is_some() {
+        cfg.kxdp = cli.kxdp;
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    if let Some(why) = kxdp_topology::skip_reason() {
+        return Err(format!("cannot run: {why}"));
+    }
+    kxdp_topology::ensure_bpffs()?;
+
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = run_all(&cfg, &command, &mut |line| eprintln!("kxdp-bench: {line}"));
+
+    std::fs::create_dir_all(&cli.out).map_err(|e| format!("mkdir {}: {e}", cli.out.display()))?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    let json_path = cli.out.join("kxdp-bench.json");
+    std::fs::write(&json_path, json).map_err(|e| format!("write {}: {e}", json_path.display()))?;
+    let md = report.markdown();
+    let md_path = cli.out.join("kxdp-bench.md");
+    std::fs::write(&md_path, &md).map_err(|e| format!("write {}: {e}", md_path.display()))?;
+    println!("{md}");
+    eprintln!(
+        "kxdp-bench: wrote {} and {}",
+        json_path.display(),
+        md_path.display()
+    );
+    let failed: Vec<String> = report
+        .cases
+        .iter()
+        .filter(|c| !c.delivered_packets())
+        .map(|c| {
+            format!(
+                "{} Services={} flows={}: {}",
+                c.mode.name(),
+                c.services,
+                c.flows,
+                c.error.as_deref().unwrap_or("delivered no packets")
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        if cfg.smoke {
+            eprintln!("kxdp-bench: SMOKE OK: every mode delivered packets");
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("kxdp-bench: FAILED cases:\n  {}", failed.join("\n  "));
+        Ok(ExitCode::FAILURE)
+    }
+}

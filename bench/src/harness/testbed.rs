@@ -1,0 +1,837 @@
+//! One mode's topology: namespaces, rules or kxdp, pinning, sinks and the
+//! counters a run reads. Dropped in field order: kxdp, sinks, topology
+//! (namespaces and everything in them), scratch directory.
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kxdp_topology::{
+    unique_suffix, veth, Netns, NodeKind, TopoResult, Topology, TopologyOptions, VXLAN_PORT,
+};
+
+use super::gen::{self, FlowAddr, GenReport, VxlanOuter};
+use super::kube_rules::{self, ServicePort};
+use super::{
+    service_ip, BenchConfig, GeneratorKind, HarnessError, Mode, SERVICE_PORT, SRC_PORT_BASE,
+    TARGET_PORT,
+};
+
+const GEN_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const SINK_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 2, 2), Ipv4Addr::new(10, 244, 2, 3)];
+const DIRECT_GEN_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+const DIRECT_SINK_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// Longest a sink socket is held (every run ends far earlier).
+const SINK_MAX_LIFETIME: Duration = Duration::from_secs(6 * 3600);
+/// Longest kxdp may take to become ready (10k+ Services compile).
+const KXDP_READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn topo_err(e: String) -> HarnessError {
+    HarnessError::Topology(e)
+}
+
+/// Counters read before and after a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    /// Packets received by the sink interfaces.
+    pub sink_rx: u64,
+    /// UDP datagrams that reached the sinks' UDP layer (InDatagrams +
+    /// RcvbufErrors): proof the packets were well-formed.
+    pub sink_udp: u64,
+    /// Packets node-a received on the generator's host veth.
+    pub dut_in: u64,
+    /// Packets node-a sent on its uplink.
+    pub dut_out: u64,
+    /// Drops the kernel counted on the generator's veth and node-a.
+    pub drops: u64,
+}
+
+/// UDP sockets on port 8080 in the sink pods, so the sink's kernel neither
+/// answers with ICMP port unreachable nor needs a reader: datagrams beyond
+/// the receive buffer are counted in `RcvbufErrors` and dropped.
+struct Sinks {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<TopoResult<()>>>,
+}
+
+impl Sinks {
+    fn start(namespaces: &[&Netns]) -> Result<Self, HarnessError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let mut sinks = Sinks {
+            stop: stop.clone(),
+            threads: Vec::new(),
+        };
+        for ns in namespaces {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let stop = stop.clone();
+            threads.push(ns.spawn(move || {
+                let sock = UdpSocket::bind(("0.0.0.0", TARGET_PORT));
+                let ok = sock.is_ok();
+                let _ = tx.send(sock.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                if !ok {
+                    return Ok(());
+                }
+                let until = Instant::now() + SINK_MAX_LIFETIME;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                drop(sock);
+                Ok(())
+            }));
+            let bound = rx
+                .recv_timeout(Duration::from_secs(5))
+                .map_err(|_| topo_err("sink socket did not start".into()))
+                .and_then(|r| r.map_err(|e| topo_err(format!("sink bind: {e}"))));
+            sinks.threads.append(&mut threads);
+            bound?;
+        }
+        Ok(sinks)
+    }
+}
+
+impl Drop for Sinks {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `kxdp run` in node-a, pinned to the DUT core; SIGTERM then SIGKILL on
+/// drop.
+struct KxdpChild {
+    child: Child,
+    log: PathBuf,
+}
+
+impl KxdpChild {
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for KxdpChild {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).output();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory removed on drop.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The topology of one mode, ready to measure.
+pub struct Testbed {
+    kxdp: Option<KxdpChild>,
+    _sinks: Sinks,
+    topo: Topology,
+    dir: ScratchDir,
+    gen_core: usize,
+    generator: GeneratorKind,
+    frame_len: usize,
+    endpoints: usize,
+    /// Pinning and setup facts worth reporting.
+    pub notes: Vec<String>,
+}
+
+impl Testbed {
+    /// Builds the topology for `mode` with `services` Services.
+    pub fn build(cfg: &BenchConfig, mode: Mode, services: usize) -> Result<Self, HarnessError> {
+        let suffix = format!("b{}", unique_suffix());
+        let dir = std::env::temp_dir().join(format!("kxdp-bench-{suffix}"));
+        std::fs::create_dir_all(&dir).map_err(|source| HarnessError::Io {
+            what: format!("mkdir {}", dir.display()),
+            source,
+        })?;
+        let dir = ScratchDir(dir);
+        let opts = TopologyOptions {
+            node_a: if mode.runs_kxdp() {
+                NodeKind::Kxdp
+            } else {
+                NodeKind::LinuxFlannel
+            },
+            node_b: NodeKind::LinuxFlannel,
+        };
+        let mut topo = Topology::nodes_only(opts, &suffix).map_err(topo_err)?;
+        topo.add_pod("g", 0, GEN_IP).map_err(topo_err)?;
+        for (i, ip) in SINK_IPS.iter().enumerate().take(cfg.endpoints) {
+            topo.add_pod(&format!("s{}", i + 1), 1, *ip)
+                .map_err(topo_err)?;
+        }
+        topo.wire_flannel().map_err(topo_err)?;
+        let mut notes = Vec::new();
+        let (g, s1) = (pod_ns(&topo, "g")?, pod_ns(&topo, "s1")?);
+        if mode == Mode::Direct {
+            veth(g, "bd0", s1, "bd1").map_err(topo_err)?;
+            s1.ip(&["addr", "add", &format!("{DIRECT_SINK_IP}/30"), "dev", "bd1"])
+                .map_err(topo_err)?;
+            g.ip(&["addr", "add", &format!("{DIRECT_GEN_IP}/30"), "dev", "bd0"])
+                .map_err(topo_err)?;
+        }
+        let sink_ns: Vec<&Netns> = topo
+            .pods
+            .iter()
+            .filter(|p| p.node == 1)
+            .map(|p| &p.ns)
+            .collect();
+        let sinks = Sinks::start(&sink_ns)?;
+        let mut bed = Testbed {
+            kxdp: None,
+            _sinks: sinks,
+            topo,
+            dir,
+            gen_core: cfg.gen_core,
+            generator: cfg.generator,
+            frame_len: cfg.frame_len,
+            endpoints: cfg.endpoints,
+            notes: Vec::new(),
+        };
+        let svc = service_ports(services, cfg.endpoints);
+        match mode {
+            Mode::KernelIptables => {
+                let path = bed.dir.0.join("kube-proxy.iptables");
+                write(&path, &kube_rules::iptables_restore(&svc, CLUSTER_CIDR))?;
+                let t0 = Instant::now();
+                bed.node_a()?
+                    .exec("iptables-restore", &[&path.to_string_lossy()])
+                    .map_err(topo_err)?;
+                notes.push(format!(
+                    "kernel-iptables: {} ({services} Services loaded in {:.1} s with one iptables-restore)",
+                    iptables_version(),
+                    t0.elapsed().as_secs_f64()
+                ));
+            }
+            Mode::KernelNftables => {
+                let path = bed.dir.0.join("kube-proxy.nft");
+                write(&path, &kube_rules::nftables(&svc, CLUSTER_CIDR))?;
+                let t0 = Instant::now();
+                bed.node_a()?
+                    .exec("nft", &["-f", &path.to_string_lossy()])
+                    .map_err(topo_err)?;
+                notes.push(format!(
+                    "kernel-nftables: {services} Services loaded in {:.1} s with one nft -f",
+                    t0.elapsed().as_secs_f64()
+                ));
+            }
+            Mode::Kxdp | Mode::KxdpNull => {
+                let child = bed.start_kxdp(cfg, mode, services)?;
+                bed.kxdp = Some(child);
+            }
+            Mode::Direct | Mode::KernelFwd => {}
+        }
+        notes.extend(bed.pin(cfg, mode));
+        bed.notes = notes;
+        Ok(bed)
+    }
+
+    fn node(&self, name: &str) -> Result<&kxdp_topology::Node, HarnessError> {
+        self.topo
+            .node(name)
+            .ok_or_else(|| topo_err(format!("no {name}")))
+    }
+
+    fn node_a(&self) -> Result<&Netns, HarnessError> {
+        self.node("node-a").map(|n| &n.ns)
+    }
+
+    fn start_kxdp(
+        &self,
+        cfg: &BenchConfig,
+        mode: Mode,
+        services: usize,
+    ) -> Result<KxdpChild, HarnessError> {
+        let bin = match &cfg.kxdp {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("kxdp")))
+                .ok_or_else(|| HarnessError::Kxdp("cannot locate the kxdp binary".into()))?,
+        };
+        if !bin.is_file() {
+            return Err(HarnessError::Kxdp(format!(
+                "{} not found (build it: cargo build --release -p kxdp, or pass --kxdp)",
+                bin.display()
+            )));
+        }
+        let node = self.node("node-a")?;
+        let gen_pod = self
+            .topo
+            .pod("g")
+            .ok_or_else(|| topo_err("no pod g".into()))?;
+        let manifests = self.dir.0.join("cluster.yaml");
+        write(&manifests, &self.manifests(services)?)?;
+        let ready = self.dir.0.join("kxdp.ready");
+        let log = self.dir.0.join("kxdp.log");
+        let out = std::fs::File::create(&log).map_err(|source| HarnessError::Io {
+            what: format!("create {}", log.display()),
+            source,
+        })?;
+        let err = out.try_clone().map_err(|source| HarnessError::Io {
+            what: "dup log".into(),
+            source,
+        })?;
+        let core = cfg.dut_core.to_string();
+        let mut args: Vec<String> = vec![
+            "-c".into(),
+            core.clone(),
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            node.ns.name().into(),
+            bin.to_string_lossy().into_owned(),
+            "run".into(),
+            "--node".into(),
+            node.name.clone(),
+            "--uplink".into(),
+            "eth0".into(),
+            "--cores".into(),
+            core,
+            "--ready-file".into(),
+            ready.to_string_lossy().into_owned(),
+        ];
+        if mode == Mode::KxdpNull {
+            args.extend([
+                "--null-pipeline".into(),
+                "--null-pair".into(),
+                format!("{},eth0", gen_pod.host_veth),
+            ]);
+        } else {
+            args.extend([
+                "--manifests".into(),
+                manifests.to_string_lossy().into_owned(),
+            ]);
+        }
+        args.extend(cfg.kxdp_args.iter().cloned());
+        let child = Command::new("taskset")
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .map_err(|e| HarnessError::Kxdp(format!("spawn taskset/kxdp: {e}")))?;
+        let mut child = KxdpChild { child, log };
+        let deadline = Instant::now() + KXDP_READY_TIMEOUT;
+        while !ready.exists() {
+            if let Ok(Some(status)) = child.child.try_wait() {
+                return Err(HarnessError::Kxdp(format!(
+                    "exited early ({status}):\n{}",
+                    child.log_tail()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Kxdp(format!(
+                    "not ready after {KXDP_READY_TIMEOUT:?}:\n{}",
+                    child.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(child)
+    }
+
+    /// Manifests for kxdp: both nodes with Flannel annotations, the pods,
+    /// and `services` UDP ClusterIP Services selecting the sink pods.
+    fn manifests(&self, services: usize) -> Result<String, HarnessError> {
+        let mut docs =
+            vec!["apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n".to_string()];
+        for n in &self.topo.nodes {
+            let vtep = match n.kind {
+                NodeKind::Kxdp => n.mac.clone(),
+                NodeKind::LinuxFlannel => n.ns.mac("flannel.1").map_err(topo_err)?,
+            };
+            docs.push(format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    flannel.alpha.coreos.com/backend-data: '{{\"VNI\":1,\"VtepMAC\":\"{vtep}\"}}'\n    flannel.alpha.coreos.com/backend-type: vxlan\n    flannel.alpha.coreos.com/public-ip: {ip}\nspec:\n  podCIDR: {net}/24\n  podCIDRs:\n  - {net}/24\nstatus:\n  addresses:\n  - type: InternalIP\n    address: {ip}\n",
+                name = n.name,
+                ip = n.ip,
+                net = n.pod_net
+            ));
+        }
+        for p in &self.topo.pods {
+            let node = self
+                .topo
+                .nodes
+                .get(p.node)
+                .ok_or_else(|| topo_err(format!("pod {} without node", p.name)))?;
+            let app = if p.name == "g" { "gen" } else { "sink" };
+            docs.push(format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  labels:\n    app: {app}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: example\n    ports:\n    - name: p\n      containerPort: {TARGET_PORT}\n      protocol: UDP\nstatus:\n  phase: Running\n  conditions:\n  - type: Ready\n    status: \"True\"\n  podIP: {ip}\n  podIPs:\n  - ip: {ip}\n",
+                name = p.name,
+                node = node.name,
+                ip = p.ip
+            ));
+        }
+        for i in 0..services {
+            docs.push(format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: svc-{i}\n  namespace: default\nspec:\n  type: ClusterIP\n  clusterIP: {ip}\n  clusterIPs:\n  - {ip}\n  selector:\n    app: sink\n  ports:\n  - name: p\n    protocol: UDP\n    port: {SERVICE_PORT}\n    targetPort: {TARGET_PORT}\n",
+                ip = service_ip(i)
+            ));
+        }
+        Ok(docs.join("---\n"))
+    }
+
+    /// Pins the DUT's packet processing to `dut_core` and the sink side to
+    /// `gen_core`; returns what was done, for the report.
+    fn pin(&self, cfg: &BenchConfig, mode: Mode) -> Vec<String> {
+        let mut notes = Vec::new();
+        let (dut, genc) = (cfg.dut_core, cfg.gen_core);
+        let Ok(node_a) = self.node_a() else {
+            return notes;
+        };
+        let Some(g) = self.topo.pod("g") else {
+            return notes;
+        };
+        // What node-a sends on its uplink is processed by the underlay
+        // bridge and node-b: steer it to the sink core with RPS.
+        let port = "pa";
+        match set_rps(&self.topo.underlay, port, genc) {
+            Ok(()) => notes.push(format!(
+                "underlay port {port} (node-a's uplink peer): RPS to CPU {genc}, so bridge, node-b and sinks run on the generator/sink core"
+            )),
+            Err(e) => notes.push(format!("RPS on underlay {port}: {e}")),
+        }
+        match mode {
+            Mode::Direct => {}
+            Mode::KernelFwd | Mode::KernelIptables | Mode::KernelNftables => {
+                // veth without XDP/GRO has no NAPI: the receive side runs
+                // from the backlog of the sending CPU unless RPS moves it.
+                match set_rps(node_a, &g.host_veth, dut) {
+                    Ok(()) => notes.push(format!(
+                        "kernel modes: node-a's pod veth RPS to CPU {dut} (the kernel DUT's forwarding runs in NET_RX softirq there)"
+                    )),
+                    Err(e) => notes.push(format!("RPS on node-a {}: {e}", g.host_veth)),
+                }
+            }
+            Mode::KxdpNull | Mode::Kxdp if !cfg.threaded_napi => notes.push(format!(
+                "kxdp modes: threaded NAPI off (config): the pod veth's NAPI runs on the generator core; kxdp process and worker pinned to CPU {dut}"
+            )),
+            Mode::KxdpNull | Mode::Kxdp => {
+                // With XDP attached veth uses NAPI; threaded NAPI makes it
+                // a kthread we can pin next to the kxdp worker.
+                match threaded_napi(node_a, &g.host_veth, dut) {
+                    Ok(n) if n > 0 => notes.push(format!(
+                        "kxdp modes: node-a's pod veth threaded NAPI ({n} kthread(s) napi/{}-*) pinned to CPU {dut}; kxdp process and worker pinned to CPU {dut}",
+                        g.host_veth
+                    )),
+                    Ok(_) => {
+                        notes.push("kxdp modes: threaded NAPI set but no napi kthread found; falling back to RPS".into());
+                        let _ = set_rps(node_a, &g.host_veth, dut);
+                    }
+                    Err(e) => {
+                        notes.push(format!(
+                            "kxdp modes: threaded NAPI not available ({e}); RPS on the pod veth instead"
+                        ));
+                        let _ = set_rps(node_a, &g.host_veth, dut);
+                    }
+                }
+            }
+        }
+        notes
+    }
+
+    /// One frame per flow for `mode`.
+    pub fn frames(
+        &self,
+        mode: Mode,
+        services: usize,
+        flows: usize,
+    ) -> Result<Vec<Vec<u8>>, HarnessError> {
+        let g = self
+            .topo
+            .pod("g")
+            .ok_or_else(|| topo_err("no pod g".into()))?;
+        let mac = |s: &str| gen::parse_mac(s).ok_or_else(|| topo_err(format!("bad MAC {s:?}")));
+        let sinks: Vec<Ipv4Addr> = self
+            .topo
+            .pods
+            .iter()
+            .filter(|p| p.node == 1)
+            .map(|p| p.ip)
+            .collect();
+        let frame_len = self.frame_len;
+        let mut out = Vec::with_capacity(flows);
+        for i in 0..flows {
+            let src_port = SRC_PORT_BASE.wrapping_add(i as u16);
+            let sink = sinks
+                .get(i % sinks.len().max(1))
+                .copied()
+                .unwrap_or(SINK_IPS[0]);
+            let frame = match mode {
+                Mode::Direct => {
+                    let s1 = pod_ns(&self.topo, "s1")?;
+                    let f = FlowAddr {
+                        src_mac: mac(&g.ns.mac("bd0").map_err(topo_err)?)?,
+                        dst_mac: mac(&s1.mac("bd1").map_err(topo_err)?)?,
+                        src_ip: DIRECT_GEN_IP,
+                        dst_ip: DIRECT_SINK_IP,
+                        src_port,
+                        dst_port: TARGET_PORT,
+                    };
+                    gen::plain_frame(&f, 64, frame_len)?
+                }
+                Mode::KernelFwd => gen::plain_frame(
+                    &FlowAddr {
+                        src_mac: mac(&g.mac)?,
+                        dst_mac: mac(&g.host_mac)?,
+                        src_ip: g.ip,
+                        dst_ip: sink,
+                        src_port,
+                        dst_port: TARGET_PORT,
+                    },
+                    64,
+                    frame_len,
+                )?,
+                Mode::KernelIptables | Mode::KernelNftables | Mode::Kxdp => gen::plain_frame(
+                    &FlowAddr {
+                        src_mac: mac(&g.mac)?,
+                        dst_mac: mac(&g.host_mac)?,
+                        src_ip: g.ip,
+                        dst_ip: service_ip(i % services.max(1)),
+                        src_port,
+                        dst_port: SERVICE_PORT,
+                    },
+                    64,
+                    frame_len,
+                )?,
+                Mode::KxdpNull => {
+                    // What node-a's full pipeline emits for this flow.
+                    let (a, b) = (self.node("node-a")?, self.node("node-b")?);
+                    let inner = gen::plain_frame(
+                        &FlowAddr {
+                            src_mac: mac(&a.mac)?,
+                            dst_mac: mac(&b.ns.mac("flannel.1").map_err(topo_err)?)?,
+                            src_ip: g.ip,
+                            dst_ip: sink,
+                            src_port,
+                            dst_port: TARGET_PORT,
+                        },
+                        63,
+                        frame_len,
+                    )?;
+                    let outer = VxlanOuter {
+                        src_mac: mac(&a.mac)?,
+                        dst_mac: mac(&b.mac)?,
+                        src_ip: a.ip,
+                        dst_ip: b.ip,
+                        dst_port: VXLAN_PORT,
+                        vni: 1,
+                    };
+                    gen::vxlan_frame(&outer, &inner, src_port)?
+                }
+            };
+            out.push(frame);
+        }
+        Ok(out)
+    }
+
+    /// Destinations for the UDP-socket fallback generator.
+    pub fn udp_targets(&self, mode: Mode, services: usize, flows: usize) -> Vec<(Ipv4Addr, u16)> {
+        let n = flows.min(gen::UDP_MAX_SOCKETS);
+        (0..n)
+            .map(|i| match mode {
+                Mode::Direct => (DIRECT_SINK_IP, TARGET_PORT),
+                Mode::KernelFwd | Mode::KxdpNull => (
+                    SINK_IPS
+                        .get(i % self.endpoints)
+                        .copied()
+                        .unwrap_or(SINK_IPS[0]),
+                    TARGET_PORT,
+                ),
+                _ => (service_ip(i % services.max(1)), SERVICE_PORT),
+            })
+            .collect()
+    }
+
+    /// Sends `frames` from the generator pod for `duration` on a thread
+    /// pinned to the generator core: the AF_XDP generator, or kernel UDP
+    /// sockets to `udp_targets` when configured or when AF_XDP fails
+    /// (never for `kxdp-null`, whose frames only AF_XDP can send).
+    pub fn generate(
+        &self,
+        mode: Mode,
+        frames: &[Vec<u8>],
+        udp_targets: &[(Ipv4Addr, u16)],
+        duration: Duration,
+        cfg: &BenchConfig,
+    ) -> Result<GenReport, HarnessError> {
+        let g = pod_ns(&self.topo, "g")?;
+        let frames = frames.to_vec();
+        let targets = udp_targets.to_vec();
+        let core = self.gen_core;
+        let (ifname, src_ip) = if mode == Mode::Direct {
+            ("bd0", DIRECT_GEN_IP)
+        } else {
+            ("eth0", GEN_IP)
+        };
+        let max = cfg.max_packets;
+        let udp_first = self.generator == GeneratorKind::Udp && mode != Mode::KxdpNull;
+        let allow_udp = mode != Mode::KxdpNull;
+        let payload = cfg.frame_len.saturating_sub(42);
+        let flows = frames.len();
+        g.run_in(move || {
+            let _ = pin_current_thread(core);
+            let udp = || {
+                gen::udp_blast(src_ip, &targets, flows, payload, duration, max)
+                    .map_err(|e| e.to_string())
+            };
+            if udp_first {
+                return udp();
+            }
+            match gen::afxdp_blast(ifname, &frames, duration, max) {
+                Ok(r) => Ok(r),
+                Err(e) if allow_udp => udp().map(|mut r| {
+                    r.generator = format!("{} (AF_XDP failed: {e})", r.generator);
+                    r
+                }),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .map_err(|reason| {
+            HarnessError::Gen(gen::GenError::AfXdp {
+                ifname: ifname.into(),
+                reason,
+            })
+        })
+    }
+
+    /// Current counters.
+    pub fn counters(&self) -> Counters {
+        let mut c = Counters::default();
+        for p in self.topo.pods.iter().filter(|p| p.node == 1) {
+            c.sink_rx += link_stats(&p.ns, "eth0").map(|s| s.rx_packets).unwrap_or(0);
+            c.sink_udp += udp_delivered(&p.ns).unwrap_or(0);
+        }
+        if let Ok(s1) = pod_ns(&self.topo, "s1") {
+            c.sink_rx += link_stats(s1, "bd1").map(|s| s.rx_packets).unwrap_or(0);
+        }
+        if let (Ok(a), Some(g)) = (self.node_a(), self.topo.pod("g")) {
+            if let Some(s) = link_stats(a, &g.host_veth) {
+                c.dut_in = s.rx_packets;
+                c.drops += s.rx_dropped;
+            }
+            if let Some(s) = link_stats(a, "eth0") {
+                c.dut_out = s.tx_packets;
+                c.drops += s.tx_dropped;
+            }
+            if let Some(s) = link_stats(&g.ns, "eth0") {
+                c.drops += s.tx_dropped;
+            }
+        }
+        c
+    }
+
+    /// kxdp's drop and forward counters (`/metrics`), when it runs.
+    pub fn kxdp_drops(&self) -> Option<String> {
+        self.kxdp.as_ref()?;
+        let ns = self.node_a().ok()?;
+        let text = admin_get(ns, "/metrics").ok()?;
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                (l.starts_with("kxdp_drop") || l.starts_with("kxdp_forward")) && !l.ends_with(" 0")
+            })
+            .collect();
+        Some(lines.join("\n"))
+    }
+}
+
+fn pod_ns<'a>(topo: &'a Topology, name: &str) -> Result<&'a Netns, HarnessError> {
+    topo.pod(name)
+        .map(|p| &p.ns)
+        .ok_or_else(|| topo_err(format!("no pod {name}")))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), HarnessError> {
+    std::fs::write(path, text).map_err(|source| HarnessError::Io {
+        what: format!("write {}", path.display()),
+        source,
+    })
+}
+
+fn service_ports(services: usize, endpoints: usize) -> Vec<ServicePort> {
+    (0..services)
+        .map(|i| ServicePort {
+            name: format!("default/svc-{i}:p"),
+            cluster_ip: service_ip(i),
+            port: SERVICE_PORT,
+            endpoints: SINK_IPS
+                .iter()
+                .take(endpoints)
+                .map(|&ip| (ip, TARGET_PORT))
+                .collect(),
+        })
+        .collect()
+}
+
+fn iptables_version() -> String {
+    Command::new("iptables")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|_| "iptables".into())
+}
+
+/// Interface counters from `ip -s -j link`.
+#[derive(Clone, Copy, Debug, Default)]
+struct LinkStats {
+    rx_packets: u64,
+    rx_dropped: u64,
+    tx_packets: u64,
+    tx_dropped: u64,
+}
+
+fn link_stats(ns: &Netns, dev: &str) -> Option<LinkStats> {
+    let out = ns.ip(&["-s", "-j", "link", "show", "dev", dev]).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let s = v.get(0)?.get("stats64")?;
+    let n = |dir: &str, key: &str| s.get(dir).and_then(|d| d.get(key)).and_then(|x| x.as_u64());
+    Some(LinkStats {
+        rx_packets: n("rx", "packets")?,
+        rx_dropped: n("rx", "dropped").unwrap_or(0),
+        tx_packets: n("tx", "packets")?,
+        tx_dropped: n("tx", "dropped").unwrap_or(0),
+    })
+}
+
+/// `Udp: InDatagrams + RcvbufErrors` from the namespace's /proc/net/snmp.
+fn udp_delivered(ns: &Netns) -> Option<u64> {
+    let text = ns.exec_stdout("cat", &["/proc/net/snmp"]).ok()?;
+    parse_udp_snmp(&text)
+}
+
+fn parse_udp_snmp(text: &str) -> Option<u64> {
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (head, vals) = (udp.next()?, udp.next()?);
+    let field = |name: &str| -> Option<u64> {
+        let idx = head.split_whitespace().position(|h| h == name)?;
+        vals.split_whitespace().nth(idx)?.parse().ok()
+    };
+    Some(field("InDatagrams")? + field("RcvbufErrors").unwrap_or(0))
+}
+
+/// `echo MASK > /sys/class/net/DEV/queues/rx-0/rps_cpus` inside `ns`.
+fn set_rps(ns: &Netns, dev: &str, cpu: usize) -> TopoResult<()> {
+    let mask = 1u64.checked_shl(cpu as u32).unwrap_or(0);
+    ns.exec(
+        "sh",
+        &[
+            "-c",
+            &format!("echo {mask:x} > /sys/class/net/{dev}/queues/rx-0/rps_cpus"),
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Switches `dev`'s NAPI to a kthread and pins every `napi/DEV-*` kthread
+/// to `cpu`; returns how many were pinned.
+fn threaded_napi(ns: &Netns, dev: &str, cpu: usize) -> TopoResult<usize> {
+    ns.exec(
+        "sh",
+        &["-c", &format!("echo 1 > /sys/class/net/{dev}/threaded")],
+    )?;
+    std::thread::sleep(Duration::from_millis(50));
+    let prefix = format!("napi/{dev}-");
+    let mut pinned = 0;
+    let entries = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(&prefix) && taskset(pid, cpu).is_ok() {
+            pinned += 1;
+        }
+    }
+    Ok(pinned)
+}
+
+fn taskset(pid: &str, cpu: usize) -> TopoResult<()> {
+    kxdp_topology::run("taskset", &["-pc", &cpu.to_string(), pid]).map(|_| ())
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> TopoResult<()> {
+    let link = std::fs::read_link("/proc/thread-self").map_err(|e| e.to_string())?;
+    let tid = link
+        .file_name()
+        .and_then(|t| t.to_str())
+        .ok_or("no thread id")?
+        .to_owned();
+    taskset(&tid, cpu)
+}
+
+/// Pins this process (threads started later inherit it) to `cpu`.
+pub fn pin_process(cpu: usize) -> TopoResult<()> {
+    pin_current_thread(cpu)
+}
+
+/// `GET path` on kxdp's admin API (127.0.0.1:10256) inside `ns`.
+fn admin_get(ns: &Netns, path: &str) -> TopoResult<String> {
+    use std::io::{Read, Write};
+    let path = path.to_owned();
+    ns.run_in(move || {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 10256));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: kxdp\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        Ok(text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_snmp_counts_delivered_and_buffer_overflow() {
+        let text = "Ip: Forwarding\nIp: 1\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\nUdp: 10 1 5 0 5 0\nUdpLite: InDatagrams\nUdpLite: 0\n";
+        assert_eq!(parse_udp_snmp(text), Some(15));
+        assert_eq!(parse_udp_snmp("Ip: x\nIp: 1\n"), None);
+    }
+
+    #[test]
+    fn service_ports_select_the_sinks() {
+        let s = service_ports(3, 2);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[2].cluster_ip, service_ip(2));
+        assert_eq!(
+            s[0].endpoints,
+            vec![(SINK_IPS[0], 8080), (SINK_IPS[1], 8080)]
+        );
+    }
+}
