@@ -23,6 +23,7 @@ use kxdp_control::manifests;
 use kxdp_control::ClusterState;
 use kxdp_dataplane::conntrack::{AffinityTable, Conntrack, CtConfig};
 use kxdp_dataplane::pipeline::{Egress, Frame, Ingress, Pipeline, StageRecord, TraceLog, Verdict};
+use kxdp_dataplane::tables::policy::{PolicyDirection, PolicyExplanation};
 use kxdp_dataplane::tables::{IpProto, MacAddr, TableSet};
 use kxdp_dataplane::wire::{EthernetFrame, Ipv4Packet, UdpPacket, VxlanPacket, ETHERTYPE_IPV4};
 use kxdp_dataplane::DropReason;
@@ -111,6 +112,10 @@ pub struct TraceResult {
     pub stages: Vec<StageRecord>,
     pub egress: Option<EgressOut>,
     pub packet: Option<PacketOut>,
+    /// The NetworkPolicy that applies: the source pod's egress and the
+    /// destination pod's ingress, for the pods on this node — the same
+    /// explanation `kxdp get policies` prints from a running daemon.
+    pub policies: Vec<PolicyExplanation>,
 }
 
 #[derive(Debug, Serialize)]
@@ -479,13 +484,51 @@ pub fn trace_probe(ctx: &TraceContext, probe: &Probe) -> Result<TraceResult> {
         Verdict::ToHost => describe_packet(frame.data(), false),
         Verdict::Drop(_) => None,
     };
+    let mut policies = Vec::new();
+    let t = &ctx.tables;
+    if let Some(pod) = input_source(&input, ingress).and_then(|ip| t.pods.by_ip(ip)) {
+        policies.push(t.policy.explain(pod.policy_slot, PolicyDirection::Egress));
+    }
+    // The destination pod: where the packet went, or (denied) where it was
+    // going — the probe's own destination.
+    let final_dst = match verdict {
+        Verdict::Forward(Egress::Pod { .. }) => packet.as_ref().map(|p| p.dst),
+        Verdict::Drop(DropReason::PolicyDeniedIngress) => {
+            input_destination(&input, t.node.vxlan.port)
+        }
+        _ => None,
+    };
+    if let Some(pod) = final_dst.and_then(|ip| t.pods.by_ip(ip)) {
+        policies.push(t.policy.explain(pod.policy_slot, PolicyDirection::Ingress));
+    }
     Ok(TraceResult {
         verdict: verdict_name,
         reason,
         stages: log.records,
         egress: egress_out,
         packet,
+        policies,
     })
+}
+
+/// The IPv4 source of the probe as it enters (pod veths: the pod).
+fn input_source(input: &[u8], ingress: Ingress) -> Option<Ipv4Addr> {
+    match ingress {
+        Ingress::Pod { .. } => {
+            let eth = EthernetFrame::new_checked(input).ok()?;
+            Some(Ipv4Packet::new_checked(eth.payload()).ok()?.src())
+        }
+        Ingress::Uplink => None,
+    }
+}
+
+/// The IPv4 destination of the probe as built (inside VXLAN if encapsulated).
+fn input_destination(input: &[u8], vxlan_port: u16) -> Option<Ipv4Addr> {
+    let p = describe_packet(input, false)?;
+    if p.proto == "udp" && p.dport == Some(vxlan_port) {
+        return describe_packet(input, true).map(|p| p.dst);
+    }
+    Some(p.dst)
 }
 
 /// Describe a frame as it leaves (inner packet plus VXLAN header facts).

@@ -307,4 +307,11 @@ fn db_allows_backend_and_denies_frontend() {
     assert_eq!(v["verdict"], "drop", "{v:#}");
     assert_eq!(v["reason"], "policy-denied-ingress");
     assert_eq!(v["egress"], Value::Null);
+    // The explanation `kxdp get policies` prints: db is isolated for
+    // ingress by db-allow-backend, which admits role=backend on 5432 only.
+    let ex = &v["policies"][0];
+    assert_eq!(ex["pod"], "default/db", "{v:#}");
+    assert_eq!(ex["direction"], "ingress");
+    assert_eq!(ex["isolated"], true);
+    assert_eq!(ex["policies"][0]["policy"], "default/db-allow-backend");
 }

@@ -183,7 +183,12 @@ pub fn forward(
         let data = frame.data_mut();
         let ttl = data.get_mut(h.ip_off + 8).ok_or(DropReason::Malformed)?;
         *ttl = ttl.wrapping_sub(1);
-        nat::apply(data, h, &e.to, e.deltas, nat::TTL_DECREMENT_DELTA)?;
+        if e.to == e.id.key {
+            // No translation (pod to pod): only the TTL word changes.
+            nat::apply_ip_delta(data, h, nat::TTL_DECREMENT_DELTA)?;
+        } else {
+            nat::apply(data, h, &e.to, e.deltas, nat::TTL_DECREMENT_DELTA)?;
+        }
         let eth = data.get_mut(..12).ok_or(DropReason::Malformed)?;
         eth[..6].copy_from_slice(&e.l2_dst.0);
         eth[6..12].copy_from_slice(&e.l2_src.0);

@@ -115,6 +115,17 @@ pub fn apply(
     Ok(())
 }
 
+/// Adjust only the IPv4 header checksum of `h`'s packet by `delta` (for a
+/// header change the caller already wrote, such as the TTL).
+pub fn apply_ip_delta(packet: &mut [u8], h: &Headers, delta: u32) -> Result<(), DropReason> {
+    let csum = packet
+        .get_mut(h.ip_off + 10..h.ip_off + 12)
+        .ok_or(DropReason::Malformed)?;
+    let old = u16::from_be_bytes([csum[0], csum[1]]);
+    csum.copy_from_slice(&apply_delta(old, delta).to_be_bytes());
+    Ok(())
+}
+
 /// `~m + m'` over both 16-bit words of an address change (0 if unchanged).
 #[inline]
 fn addr_delta(old: Ipv4Addr, new: Ipv4Addr) -> u32 {
