@@ -237,14 +237,10 @@ impl Pipeline {
         }
 
         // Established flows whose action is cached skip every other stage
-        // (the cache's contract is in `fast_path`). Traced packets never do.
-        // A decapsulated flow is identified by its inner Ethernet source
-        // (the sending node's VTEP MAC).
-        let flow_l2_src = if from_vxlan {
-            parse::ethernet(frame.data()).map_err(Verdict::Drop)?.src()
-        } else {
-            l2_src
-        };
+        // (the cache's contract is in `fast_path`). Traced packets never do;
+        // neither do decapsulated ones: measured, their full path (no NAT,
+        // local delivery) is no dearer than the cache probe it would save.
+        let flow_l2_src = l2_src;
         let flow_id = fast_path::FlowId {
             key: FlowKey {
                 src: h.src,
@@ -256,7 +252,7 @@ impl Pipeline {
             ingress,
             l2_src: flow_l2_src,
         };
-        if !tr.enabled() && fast_path::eligible(&h) {
+        if !tr.enabled() && !from_vxlan && fast_path::eligible(&h) {
             let ident = self.next_ident();
             if let Some(entry) = self.flow_cache.lookup(t, &flow_id, &h) {
                 if let Some(hit) = self.conntrack.lookup(&flow_id.key, now, h.tcp_flags) {
@@ -352,7 +348,7 @@ impl Pipeline {
                 );
             }
             let verdict = l2::route(self, t, frame, &h, origin, tr)?;
-            if fast_path::eligible(&h) {
+            if origin.vxlan_src.is_none() && fast_path::eligible(&h) {
                 self.flow_cache.record(t, flow_id, to, verdict, frame);
             }
             return Ok(verdict);

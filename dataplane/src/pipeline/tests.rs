@@ -1369,7 +1369,7 @@ fn fast_path_forwards_exactly_like_the_full_pipeline() {
             Ingress::Pod { ifindex: A2_IF },
         ),
     ];
-    // A flow arriving over VXLAN from node-b (decapsulated, then cached).
+    // A flow arriving over VXLAN from node-b (decapsulated; never cached).
     let mut script = script;
     script.push((
         vxlan_packet(
