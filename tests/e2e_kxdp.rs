@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use common::kxdp::{
     admin_get, cluster_ip_service, cluster_ip_service_proto, manifests, metric, node_port_service,
-    ping, replace_file, tcp_connect_result, tcp_echo_client, tcp_echo_server, KxdpProcess, TempDir,
+    ping, replace_file, tcp_connect_result, tcp_echo_client, tcp_echo_server, KxdpCluster,
 };
-use common::topology::{skip_if_unsupported, Topology, TopologyOptions};
+use common::topology::skip_if_unsupported;
 
 const VIP_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const VIP_REMOTE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
@@ -38,13 +38,21 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// More than a 1450-byte VXLAN path MTU, so PMTU discovery has to work.
 const TRANSFER: usize = 256 * 1024;
 
-/// The topology with kxdp running on node-a. Drop order: kxdp first, then
-/// the namespaces, then the scratch directory.
-struct Cluster {
-    kxdp: KxdpProcess,
-    topo: Topology,
-    manifests: std::path::PathBuf,
-    _dir: TempDir,
+/// The topology with kxdp running on node-a (the shared e2e fixture), with
+/// this file's helpers.
+struct Cluster(KxdpCluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = KxdpCluster;
+    fn deref(&self) -> &KxdpCluster {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut KxdpCluster {
+        &mut self.0
+    }
 }
 
 const SERVICES: fn() -> [String; 5] = || {
@@ -60,37 +68,7 @@ const ADMIN: &str = "127.0.0.1:10256";
 
 impl Cluster {
     fn start(tag: &str) -> Result<Self, String> {
-        let topo = Topology::standard(TopologyOptions::default())?;
-        let dir = TempDir::new(tag)?;
-        let text = manifests(&topo, &SERVICES())?;
-        let path = dir.path.join("cluster.yaml");
-        std::fs::write(&path, text).map_err(|e| format!("write manifests: {e}"))?;
-        let node_a = topo.node("node-a").ok_or("no node-a")?;
-        let kxdp = KxdpProcess::start(node_a, &path, &dir.path, &[], Duration::from_secs(30))?;
-        Ok(Cluster {
-            kxdp,
-            topo,
-            manifests: path,
-            _dir: dir,
-        })
-    }
-
-    fn pod(&self, name: &str) -> &common::topology::Pod {
-        self.topo.pod(name).expect("pod of the standard topology")
-    }
-
-    /// Turns an error into a panic message carrying kxdp's log.
-    fn check<T>(&mut self, what: &str, r: Result<T, String>) -> T {
-        match r {
-            Ok(v) => v,
-            Err(e) => {
-                let alive = self.kxdp.running();
-                panic!(
-                    "{what}: {e}\n--- kxdp (running: {alive}) log ---\n{}",
-                    self.kxdp.log_text()
-                )
-            }
-        }
+        KxdpCluster::start(tag, &SERVICES(), &[]).map(Cluster)
     }
 
     /// `ip -d link show` in node-a.

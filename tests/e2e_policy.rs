@@ -22,10 +22,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::kxdp::{
-    manifests, replace_file, tcp_connect_result, tcp_echo_client, tcp_echo_server, KxdpProcess,
-    TempDir,
+    manifests, replace_file, tcp_connect_result, tcp_echo_client, tcp_echo_server, KxdpCluster,
 };
-use common::topology::{skip_if_unsupported, Topology, TopologyOptions};
+use common::topology::skip_if_unsupported;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a denied connect is given before it counts as timed out.
@@ -58,45 +57,25 @@ spec:
 }
 
 /// Drop order: kxdp, then the namespaces, then the scratch directory.
-struct Cluster {
-    kxdp: KxdpProcess,
-    topo: Topology,
-    manifests: std::path::PathBuf,
-    _dir: TempDir,
+/// The shared e2e fixture, with this file's helpers.
+struct Cluster(KxdpCluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = KxdpCluster;
+    fn deref(&self) -> &KxdpCluster {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut KxdpCluster {
+        &mut self.0
+    }
 }
 
 impl Cluster {
     fn start(tag: &str, allow_from: &str) -> Result<Self, String> {
-        let topo = Topology::standard(TopologyOptions::default())?;
-        let dir = TempDir::new(tag)?;
-        let text = manifests(&topo, &[policy(allow_from)])?;
-        let path = dir.path.join("cluster.yaml");
-        std::fs::write(&path, text).map_err(|e| format!("write manifests: {e}"))?;
-        let node_a = topo.node("node-a").ok_or("no node-a")?;
-        let kxdp = KxdpProcess::start(node_a, &path, &dir.path, &[], Duration::from_secs(30))?;
-        Ok(Cluster {
-            kxdp,
-            topo,
-            manifests: path,
-            _dir: dir,
-        })
-    }
-
-    fn pod(&self, name: &str) -> &common::topology::Pod {
-        self.topo.pod(name).expect("pod of the standard topology")
-    }
-
-    fn check<T>(&mut self, what: &str, r: Result<T, String>) -> T {
-        match r {
-            Ok(v) => v,
-            Err(e) => {
-                let alive = self.kxdp.running();
-                panic!(
-                    "{what}: {e}\n--- kxdp (running: {alive}) log ---\n{}",
-                    self.kxdp.log_text()
-                )
-            }
-        }
+        KxdpCluster::start(tag, &[policy(allow_from)], &[]).map(Cluster)
     }
 
     /// A full echo exchange `from` -> `to:port` (server started in `to`).

@@ -502,3 +502,64 @@ pub fn replace_file(path: &Path, text: &str) -> TopoResult<()> {
     std::fs::write(&tmp, text).map_err(|e| format!("write {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("rename {}: {e}", tmp.display()))
 }
+
+/// The standard topology with node-a running `kxdp run` on a manifests file
+/// written from it (plus `extra` objects): the fixture the e2e tests start
+/// from. Dropping it stops kxdp and tears the topology down.
+pub struct KxdpCluster {
+    pub kxdp: KxdpProcess,
+    pub topo: Topology,
+    /// The manifests file kxdp watches (edit it to change the cluster).
+    pub manifests: PathBuf,
+    pub dir: TempDir,
+}
+
+impl KxdpCluster {
+    /// Build the topology, write the manifests and start kxdp on node-a
+    /// with `extra_args`, waiting until it is ready.
+    pub fn start(tag: &str, extra: &[String], extra_args: &[&str]) -> TopoResult<Self> {
+        let topo = Topology::standard(super::topology::TopologyOptions::default())?;
+        let dir = TempDir::new(tag)?;
+        let path = dir.path.join("cluster.yaml");
+        std::fs::write(&path, manifests(&topo, extra)?)
+            .map_err(|e| format!("write manifests: {e}"))?;
+        let node_a = topo.node("node-a").ok_or("no node-a")?;
+        let kxdp = KxdpProcess::start(
+            node_a,
+            &path,
+            &dir.path,
+            extra_args,
+            Duration::from_secs(30),
+        )?;
+        Ok(KxdpCluster {
+            kxdp,
+            topo,
+            manifests: path,
+            dir,
+        })
+    }
+
+    /// A pod of the standard topology.
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.topo.pod(name).expect("pod of the standard topology")
+    }
+
+    /// The node running kxdp.
+    pub fn node_a(&self) -> &Node {
+        self.topo.node("node-a").expect("node-a")
+    }
+
+    /// Turns an error into a panic message carrying kxdp's log.
+    pub fn check<T>(&mut self, what: &str, r: TopoResult<T>) -> T {
+        match r {
+            Ok(v) => v,
+            Err(e) => {
+                let alive = self.kxdp.running();
+                panic!(
+                    "{what}: {e}\n--- kxdp (running: {alive}) log ---\n{}",
+                    self.kxdp.log_text()
+                )
+            }
+        }
+    }
+}
