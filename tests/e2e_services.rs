@@ -31,18 +31,16 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::kxdp::{
-    manifests, ping, replace_file, tcp_echo_client, tcp_echo_server, KxdpProcess, TempDir,
+    manifests, ping, replace_file, tcp_echo_client, tcp_echo_server, KxdpCluster, KxdpProcess,
+    TempDir,
 };
-use common::topology::{
-    skip_if_unsupported, Netns, TopoResult, Topology, TopologyOptions, EXTERNAL_IP,
-};
+use common::topology::{skip_if_unsupported, Netns, TopoResult, EXTERNAL_IP};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Port every test server listens on (the EndpointSlices' port).
@@ -115,56 +113,29 @@ fn endpoint_slice(svc: &str, proto: &str, eps: &[Ep<'_>]) -> String {
 /// servers, kxdp, the namespaces, the scratch directory.
 struct Cluster {
     servers: Vec<Server>,
-    kxdp: KxdpProcess,
-    topo: Topology,
-    manifests: PathBuf,
-    dir: TempDir,
+    inner: KxdpCluster,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = KxdpCluster;
+    fn deref(&self) -> &KxdpCluster {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut KxdpCluster {
+        &mut self.inner
+    }
 }
 
 impl Cluster {
     fn start(tag: &str, services: &[String], extra_args: &[&str]) -> TopoResult<Self> {
-        let topo = Topology::standard(TopologyOptions::default())?;
-        let dir = TempDir::new(tag)?;
-        let path = dir.path.join("cluster.yaml");
-        std::fs::write(&path, manifests(&topo, services)?)
-            .map_err(|e| format!("write manifests: {e}"))?;
-        let node_a = topo.node("node-a").ok_or("no node-a")?;
-        let kxdp = KxdpProcess::start(
-            node_a,
-            &path,
-            &dir.path,
-            extra_args,
-            Duration::from_secs(30),
-        )?;
+        let inner = KxdpCluster::start(tag, services, extra_args)?;
         Ok(Cluster {
             servers: Vec::new(),
-            kxdp,
-            topo,
-            manifests: path,
-            dir,
+            inner,
         })
-    }
-
-    fn pod(&self, name: &str) -> &common::topology::Pod {
-        self.topo.pod(name).expect("pod of the standard topology")
-    }
-
-    fn node_a(&self) -> &common::topology::Node {
-        self.topo.node("node-a").expect("node-a")
-    }
-
-    /// Turns an error into a panic message carrying kxdp's log.
-    fn check<T>(&mut self, what: &str, r: TopoResult<T>) -> T {
-        match r {
-            Ok(v) => v,
-            Err(e) => {
-                let alive = self.kxdp.running();
-                panic!(
-                    "{what}: {e}\n--- kxdp (running: {alive}) log ---\n{}",
-                    self.kxdp.log_text()
-                )
-            }
-        }
     }
 
     /// Starts a TCP name server in pod `name` (see [`Server::tcp`]).
