@@ -207,7 +207,7 @@ pub fn route<T: Tracer>(
             ifindex: iface.ifindex,
         }));
     }
-    if p.node_owned(t, h.dst) {
+    if t.node.owns(h.dst) {
         trace_stage!(tr, Stage::Route, "{} is this node: to host", h.dst);
         return Ok(Verdict::ToHost);
     }

@@ -240,7 +240,6 @@ impl Pipeline {
         // (the cache's contract is in `fast_path`). Traced packets never do;
         // neither do decapsulated ones: measured, their full path (no NAT,
         // local delivery) is no dearer than the cache probe it would save.
-        let flow_l2_src = l2_src;
         let flow_id = fast_path::FlowId {
             key: FlowKey {
                 src: h.src,
@@ -250,7 +249,7 @@ impl Pipeline {
                 proto: h.proto,
             },
             ingress,
-            l2_src: flow_l2_src,
+            l2_src,
         };
         if !tr.enabled() && !from_vxlan && fast_path::eligible(&h) {
             let ident = self.next_ident();
@@ -271,7 +270,9 @@ impl Pipeline {
                 .pods
                 .by_ifindex(ifindex)
                 .ok_or(Verdict::Drop(DropReason::UnknownPodInterface))?;
-            let src_mac = parse::ethernet(frame.data()).map_err(Verdict::Drop)?.src();
+            // Pod veths carry no encapsulation: the Ethernet source parsed
+            // above is the pod's.
+            let src_mac = l2_src;
             let mac_ok = pod
                 .interface
                 .as_ref()
@@ -360,7 +361,7 @@ impl Pipeline {
         let dst_is_node = t.node.is_node_ip(h.dst);
         let frontend =
             proto_of(&h).and_then(|proto| t.services.lookup(h.dst, h.dport, proto, dst_is_node));
-        if frontend.is_none() && self.node_owned(t, h.dst) {
+        if frontend.is_none() && t.node.owns(h.dst) {
             return Ok(self.local_delivery(t, frame, &h, origin, tr));
         }
         if ingress == Ingress::Uplink
@@ -473,7 +474,7 @@ impl Pipeline {
         } else {
             Stage::PolicyIngress
         };
-        if self.node_owned(t, peer) {
+        if t.node.owns(peer) {
             trace_stage!(
                 tr,
                 stage,
@@ -629,11 +630,6 @@ impl Pipeline {
             DropReason::TtlExceeded,
             tr,
         ))
-    }
-
-    /// Addresses the node owns on the pod network and the underlay.
-    fn node_owned(&self, t: &TableSet, ip: Ipv4Addr) -> bool {
-        t.node.owns(ip)
     }
 
     /// True when the dataplane (not the kernel) handles packets to `h.dst`.

@@ -10,8 +10,8 @@
 use std::net::Ipv4Addr;
 
 use crate::conntrack::FlowKey;
-use crate::wire::checksum::{update_addr, update_u16};
-use crate::wire::{ip_proto, IcmpPacket, Ipv4Packet, SctpPacket, TcpPacket, UdpPacket};
+use crate::wire::checksum::update_u16;
+use crate::wire::{ip_proto, IcmpPacket, SctpPacket};
 use crate::DropReason;
 
 use super::parse::Headers;
@@ -23,7 +23,7 @@ use super::parse::Headers;
 /// every checksum is adjusted by the same accumulated RFC 1624 delta
 /// (`sum(~m + m')` over the changed 16-bit words): the IPv4 header sees the
 /// address words, the TCP/UDP checksum the address words (pseudo header)
-/// plus the port words. SCTP (CRC32c) and ICMP take the general path.
+/// plus the port words. SCTP (CRC32c) and ICMP change their own fields.
 pub fn rewrite(
     packet: &mut [u8],
     h: &mut Headers,
@@ -34,11 +34,11 @@ pub fn rewrite(
         return Ok(());
     }
     let l4_present = h.l4_off < h.ip_end && !h.fragment;
-    let fast = matches!(h.proto, ip_proto::TCP | ip_proto::UDP) || !l4_present;
-    if !fast {
-        return rewrite_general(packet, h, from, to);
+    let d = deltas(from, to);
+    match h.proto {
+        ip_proto::SCTP | ip_proto::ICMP if l4_present => rewrite_sctp_icmp(packet, h, from, to, d),
+        _ => apply(packet, h, to, d, 0),
     }
-    apply(packet, h, to, deltas(from, to), 0)
 }
 
 /// The RFC 1624 checksum deltas (`sum(~m + m')` over the changed 16-bit
@@ -88,10 +88,7 @@ pub fn apply(
     if ip.len() < 20 || (l4_present && (ip.len() < csum_at + 2 || ip.len() < l4_rel + 4)) {
         return Err(DropReason::Malformed);
     }
-    ip[12..16].copy_from_slice(&to.src.octets());
-    ip[16..20].copy_from_slice(&to.dst.octets());
-    let ip_csum = u16::from_be_bytes([ip[10], ip[11]]);
-    ip[10..12].copy_from_slice(&apply_delta(ip_csum, d.ip + extra_ip).to_be_bytes());
+    write_addresses(ip, to, d.ip + extra_ip)?;
     if l4_present {
         ip[l4_rel..l4_rel + 2].copy_from_slice(&to.sport.to_be_bytes());
         ip[l4_rel + 2..l4_rel + 4].copy_from_slice(&to.dport.to_be_bytes());
@@ -112,6 +109,17 @@ pub fn apply(
     h.dst = to.dst;
     h.sport = to.sport;
     h.dport = to.dport;
+    Ok(())
+}
+
+/// Write `to`'s addresses into the IPv4 header `ip` and adjust its checksum
+/// by `delta`.
+fn write_addresses(ip: &mut [u8], to: &FlowKey, delta: u32) -> Result<(), DropReason> {
+    let hdr = ip.get_mut(..20).ok_or(DropReason::Malformed)?;
+    hdr[12..16].copy_from_slice(&to.src.octets());
+    hdr[16..20].copy_from_slice(&to.dst.octets());
+    let csum = u16::from_be_bytes([hdr[10], hdr[11]]);
+    hdr[10..12].copy_from_slice(&apply_delta(csum, delta).to_be_bytes());
     Ok(())
 }
 
@@ -158,101 +166,34 @@ fn apply_delta(csum: u16, delta: u32) -> u16 {
     !(sum as u16)
 }
 
-/// The general rewrite: checked views, any protocol.
-fn rewrite_general(
+/// SCTP and ICMP: the IPv4 header as for TCP/UDP, then the protocol's own
+/// field. SCTP's CRC32c covers no pseudo header, so only a port change
+/// forces its recomputation; ICMPv4 has none either, and the echo
+/// identifier rides in the port slots.
+fn rewrite_sctp_icmp(
     packet: &mut [u8],
     h: &mut Headers,
     from: &FlowKey,
     to: &FlowKey,
+    d: Deltas,
 ) -> Result<(), DropReason> {
-    let (old_src, old_dst, new_src, new_dst) = (from.src, from.dst, to.src, to.dst);
-    {
-        let ip_bytes = packet
-            .get_mut(h.ip_off..h.ip_end)
-            .ok_or(DropReason::Malformed)?;
-        let mut ip = Ipv4Packet::new_checked(ip_bytes).map_err(|_| DropReason::Malformed)?;
-        if old_src != new_src {
-            ip.set_src_incremental(new_src);
-        }
-        if old_dst != new_dst {
-            ip.set_dst_incremental(new_dst);
-        }
-    }
-    if !h.fragment || h.l4_off < h.ip_end {
-        let l4 = packet
-            .get_mut(h.l4_off..h.ip_end)
-            .ok_or(DropReason::Malformed)?;
-        rewrite_l4(
-            l4,
-            h.proto,
-            (old_src, old_dst),
-            (new_src, new_dst),
-            from,
-            to,
-        )?;
-    }
-    h.src = new_src;
-    h.dst = new_dst;
-    h.sport = to.sport;
-    h.dport = to.dport;
-    Ok(())
-}
-
-/// Rewrite ports and the transport checksum of `l4` (a transport header and
-/// whatever of its payload is present).
-pub fn rewrite_l4(
-    l4: &mut [u8],
-    proto: u8,
-    (old_src, old_dst): (Ipv4Addr, Ipv4Addr),
-    (new_src, new_dst): (Ipv4Addr, Ipv4Addr),
-    from: &FlowKey,
-    to: &FlowKey,
-) -> Result<(), DropReason> {
-    match proto {
-        ip_proto::TCP => {
-            let mut tcp = TcpPacket::new_checked(l4).map_err(|_| DropReason::Malformed)?;
-            let mut c = tcp.checksum();
-            c = pseudo_update(c, old_src, old_dst, new_src, new_dst);
-            if from.sport != to.sport {
-                c = update_u16(c, from.sport, to.sport);
-                tcp.set_src_port(to.sport);
-            }
-            if from.dport != to.dport {
-                c = update_u16(c, from.dport, to.dport);
-                tcp.set_dst_port(to.dport);
-            }
-            tcp.set_checksum(c);
-        }
-        ip_proto::UDP => {
-            let mut udp = UdpPacket::new_checked(l4).map_err(|_| DropReason::Malformed)?;
-            let old = udp.checksum();
-            if from.sport != to.sport {
-                udp.set_src_port(to.sport);
-            }
-            if from.dport != to.dport {
-                udp.set_dst_port(to.dport);
-            }
-            // RFC 768: zero means "no checksum" and must stay zero.
-            if old != 0 {
-                let mut c = pseudo_update(old, old_src, old_dst, new_src, new_dst);
-                c = update_u16(c, from.sport, to.sport);
-                c = update_u16(c, from.dport, to.dport);
-                // A computed zero is transmitted as all ones.
-                udp.set_checksum(if c == 0 { 0xffff } else { c });
-            }
-        }
-        ip_proto::SCTP => {
+    let ip = packet
+        .get_mut(h.ip_off..h.ip_end)
+        .ok_or(DropReason::Malformed)?;
+    write_addresses(ip, to, d.ip)?;
+    let l4 = packet
+        .get_mut(h.l4_off..h.ip_end)
+        .ok_or(DropReason::Malformed)?;
+    match h.proto {
+        ip_proto::SCTP if from.sport != to.sport || from.dport != to.dport => {
             let mut sctp = SctpPacket::new_checked(l4).map_err(|_| DropReason::Malformed)?;
-            if from.sport != to.sport || from.dport != to.dport {
-                sctp.set_src_port(to.sport);
-                sctp.set_dst_port(to.dport);
-                sctp.fill_checksum();
-            }
+            sctp.set_src_port(to.sport);
+            sctp.set_dst_port(to.dport);
+            sctp.fill_checksum();
         }
-        ip_proto::ICMP => {
+        ip_proto::ICMP if from.sport != to.sport => {
             let mut icmp = IcmpPacket::new_checked(l4).map_err(|_| DropReason::Malformed)?;
-            // Echo identifier rides in the port slots; ICMPv4 has no pseudo header.
-            if from.sport != to.sport && !icmp.is_error() {
+            if !icmp.is_error() {
                 let c = update_u16(icmp.checksum(), from.sport, to.sport);
                 icmp.set_echo_ident(to.sport);
                 icmp.set_checksum(c);
@@ -260,24 +201,11 @@ pub fn rewrite_l4(
         }
         _ => {}
     }
+    h.src = to.src;
+    h.dst = to.dst;
+    h.sport = to.sport;
+    h.dport = to.dport;
     Ok(())
-}
-
-fn pseudo_update(
-    c: u16,
-    old_src: Ipv4Addr,
-    old_dst: Ipv4Addr,
-    new_src: Ipv4Addr,
-    new_dst: Ipv4Addr,
-) -> u16 {
-    let mut c = c;
-    if old_src != new_src {
-        c = update_addr(c, old_src, new_src);
-    }
-    if old_dst != new_dst {
-        c = update_addr(c, old_dst, new_dst);
-    }
-    c
 }
 
 #[cfg(test)]
@@ -338,5 +266,72 @@ mod tests {
             }
             prop_assert_eq!(pkt, want);
         }
+    }
+
+    #[test]
+    fn sctp_and_icmp_echo_rewrites_keep_their_checksums_valid() {
+        use crate::wire::{IcmpPacket, SctpPacket};
+        // SCTP: common header + one 4-byte chunk, CRC32c filled.
+        let mut sctp = vec![0u8; 16];
+        sctp[0..2].copy_from_slice(&5000u16.to_be_bytes());
+        sctp[2..4].copy_from_slice(&80u16.to_be_bytes());
+        sctp[12] = 1;
+        sctp[14..16].copy_from_slice(&4u16.to_be_bytes());
+        SctpPacket::new_checked(&mut sctp[..])
+            .unwrap()
+            .fill_checksum();
+        let mut pkt = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 1], [10, 96, 0, 5], 64)
+            .write(&mut pkt, 132.into(), &sctp)
+            .unwrap();
+        let mut h = parse_ipv4(&pkt, 14).unwrap();
+        let from = FlowKey {
+            src: h.src,
+            dst: h.dst,
+            sport: 5000,
+            dport: 80,
+            proto: 132,
+        };
+        let to = FlowKey {
+            dst: [10, 244, 1, 3].into(),
+            dport: 8080,
+            ..from
+        };
+        rewrite(&mut pkt, &mut h, &from, &to).unwrap();
+        let ip = Ipv4Packet::new_checked(&pkt[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.dst(), to.dst);
+        let sctp = SctpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!((sctp.src_port(), sctp.dst_port()), (5000, 8080));
+        assert!(sctp.verify_checksum());
+
+        // ICMP echo: the identifier is translated, the checksum follows.
+        let mut pkt = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 244, 1, 2], [203, 0, 113, 7], 64)
+            .icmpv4_echo_request(7, 1)
+            .write(&mut pkt, b"ping")
+            .unwrap();
+        let mut h = parse_ipv4(&pkt, 14).unwrap();
+        let from = FlowKey {
+            src: h.src,
+            dst: h.dst,
+            sport: 7,
+            dport: 7,
+            proto: 1,
+        };
+        let to = FlowKey {
+            src: [192, 168, 50, 1].into(),
+            sport: 61000,
+            dport: 61000,
+            ..from
+        };
+        rewrite(&mut pkt, &mut h, &from, &to).unwrap();
+        let ip = Ipv4Packet::new_checked(&pkt[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        let icmp = IcmpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!(icmp.echo_ident(), 61000);
+        assert!(icmp.verify_checksum());
     }
 }
