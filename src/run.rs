@@ -58,7 +58,8 @@
 //! generation changed any pod's policy (or the peers or node addresses it
 //! depends on), the publish hook removes every conntrack entry that
 //! generation would not admit as a new connection
-//! ([`kxdp_dataplane::pipeline::flush_revoked`]): an open connection that
+//! ([`kxdp_dataplane::pipeline::flush_after_publish`], which also drops UDP
+//! entries whose Service endpoint went away): an open connection that
 //! lost its permission stops at its next packet.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,7 +89,7 @@ use kxdp_control::source::kube::{
 use kxdp_dataplane::conntrack::{AffinityTable, Conntrack, CtConfig};
 use kxdp_dataplane::io::afxdp::ring::CoreLimits;
 use kxdp_dataplane::io::afxdp::{BindMode, HugePages, PortConfig, StoreConfig, XskStore};
-use kxdp_dataplane::pipeline::{flush_revoked, flush_stale_udp, Ingress};
+use kxdp_dataplane::pipeline::{flush_after_publish, Ingress};
 use kxdp_dataplane::tables::{
     publication, IpProto, LocalPod, NeighbourTable, NodeConfig, PodTable, PolicyTable, RouteTable,
     ServiceTable, TableReader, TableSet, VxlanConfig,
@@ -793,22 +794,16 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         // UDP through a Service whose endpoint went away: balance the next
         // datagram anew instead of sending it to the dead endpoint until
         // the entry times out (kube-proxy's conntrack cleanup).
-        let stale = flush_stale_udp(&hook_ct, ev.tables);
-        if stale > 0 {
+        let policy_changed = hook_revoke.swap(false, Ordering::AcqRel);
+        let t0 = Instant::now();
+        let flushed = flush_after_publish(&hook_ct, ev.tables, policy_changed);
+        if flushed > 0 || policy_changed {
             tracing::info!(
                 generation = ev.tables.generation,
-                flushed = stale,
-                "stale UDP Service entries flushed"
-            );
-        }
-        if hook_revoke.swap(false, Ordering::AcqRel) {
-            let t0 = Instant::now();
-            let n = flush_revoked(&hook_ct, ev.tables);
-            tracing::info!(
-                generation = ev.tables.generation,
-                flushed = n,
+                flushed,
+                policy_changed,
                 took_us = t0.elapsed().as_micros() as u64,
-                "policy changed: revoked connections flushed"
+                "stale UDP Service entries and revoked connections flushed"
             );
         }
     }));

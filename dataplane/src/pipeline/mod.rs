@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 pub use frame::{Egress, Frame, Ingress, Verdict};
 pub use parse::{Headers, IcmpKind};
-pub use revoke::{flush_revoked, flush_stale_udp, still_allowed};
+pub use revoke::{flush_after_publish, flush_revoked, flush_stale_udp, still_allowed};
 pub use trace::{NoTrace, Stage, StageRecord, TraceLog, Tracer};
 
 use crate::conntrack::AffinityTable;

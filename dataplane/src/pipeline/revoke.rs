@@ -66,11 +66,25 @@ pub fn still_allowed(tables: &TableSet, entry: &CtEntryView) -> bool {
 /// Remove UDP entries through a Service whose backend the new `tables` no
 /// longer list for that Service frontend. Returns how many were removed.
 pub fn flush_stale_udp(conntrack: &Conntrack, tables: &TableSet) -> usize {
+    conntrack.flush_matching(|e| is_stale_udp(tables, e))
+}
+
+/// Both sweeps in one pass over the table, as the daemon runs them after a
+/// publish: stale UDP always, policy revocation when `policy_changed`.
+pub fn flush_after_publish(
+    conntrack: &Conntrack,
+    tables: &TableSet,
+    policy_changed: bool,
+) -> usize {
     conntrack.flush_matching(|e| {
-        e.original.proto == ip_proto::UDP
-            && e.meta.has(CtMeta::DNAT)
-            && !backend_still_serves(tables, e)
+        is_stale_udp(tables, e) || (policy_changed && !still_allowed(tables, e))
     })
+}
+
+fn is_stale_udp(tables: &TableSet, e: &CtEntryView) -> bool {
+    e.original.proto == ip_proto::UDP
+        && e.meta.has(CtMeta::DNAT)
+        && !backend_still_serves(tables, e)
 }
 
 /// Is the entry's backend (the reply tuple's source) still a usable backend
