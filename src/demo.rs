@@ -1036,6 +1036,28 @@ fn http_get(
     Ok((status, body.lines().next().unwrap_or("").to_owned()))
 }
 
+/// The outcome of a connect (error kind and text) and how long it took.
+type ConnectOutcome = (
+    std::result::Result<(), (std::io::ErrorKind, String)>,
+    Duration,
+);
+
+/// A TCP connect from inside `ns`.
+fn timed_connect(
+    ns: &Netns,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::result::Result<ConnectOutcome, String> {
+    ns.run_in(move || {
+        let t0 = Instant::now();
+        let r = TcpStream::connect_timeout(&addr, timeout);
+        Ok((
+            r.map(|_| ()).map_err(|e| (e.kind(), describe_io(&e))),
+            t0.elapsed(),
+        ))
+    })
+}
+
 fn describe_io(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timed out".into(),
@@ -1234,14 +1256,11 @@ fn run_probes(demo: &Demo, ex: &Examples, stop: &AtomicBool) -> Result<Vec<Probe
         },
     );
     interrupted(stop)?;
-    let r = frontend_ns.run_in(move || {
-        let t0 = Instant::now();
-        let r = TcpStream::connect_timeout(&SocketAddr::from((db_ip, db_port)), DENY_TIMEOUT);
-        Ok((
-            r.map(|_| ()).map_err(|e| (e.kind(), describe_io(&e))),
-            t0.elapsed(),
-        ))
-    });
+    let r = timed_connect(
+        frontend_ns,
+        SocketAddr::from((db_ip, db_port)),
+        DENY_TIMEOUT,
+    );
     push(
         &mut probes,
         &mut mark,
@@ -1264,15 +1283,11 @@ fn run_probes(demo: &Demo, ex: &Examples, stop: &AtomicBool) -> Result<Vec<Probe
     // A Service without endpoints: rejected at once.
     interrupted(stop)?;
     let (empty_ip, empty_port, _) = ex.service_addr("default", "empty-service")?;
-    let r = backend_ns.run_in(move || {
-        let t0 = Instant::now();
-        let r =
-            TcpStream::connect_timeout(&SocketAddr::from((empty_ip, empty_port)), PROBE_TIMEOUT);
-        Ok((
-            r.map(|_| ()).map_err(|e| (e.kind(), describe_io(&e))),
-            t0.elapsed(),
-        ))
-    });
+    let r = timed_connect(
+        backend_ns,
+        SocketAddr::from((empty_ip, empty_port)),
+        PROBE_TIMEOUT,
+    );
     push(
         &mut probes,
         &mut mark,
