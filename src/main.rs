@@ -4,6 +4,7 @@
 mod demo;
 mod get;
 mod host;
+mod napi;
 mod run;
 mod top;
 mod trace;

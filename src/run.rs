@@ -88,7 +88,7 @@ use kxdp_control::source::kube::{
 };
 use kxdp_dataplane::conntrack::{AffinityTable, Conntrack, CtConfig};
 use kxdp_dataplane::io::afxdp::ring::CoreLimits;
-use kxdp_dataplane::io::afxdp::{BindMode, HugePages, PortConfig, StoreConfig, XskStore};
+use kxdp_dataplane::io::afxdp::{BindMode, BusyPoll, HugePages, PortConfig, StoreConfig, XskStore};
 use kxdp_dataplane::pipeline::{flush_after_publish, Ingress};
 use kxdp_dataplane::tables::{
     publication, IpProto, LocalPod, NeighbourTable, NodeConfig, PodTable, PolicyTable, RouteTable,
@@ -104,6 +104,7 @@ use kxdp_ffi::xdp::{
 };
 
 use crate::host::{HostScanner, HostView};
+use crate::napi::{self, NapiSettings, SavedNapi};
 
 /// How long a worker may take to open or close a socket.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -190,9 +191,26 @@ pub struct RunArgs {
     /// Frames of the worker's UMEM (2 KiB each).
     #[arg(long, default_value_t = 16384)]
     umem_frames: u32,
-    /// Busy-poll: never sleep when idle (a dedicated core).
+    /// Preferred busy polling: the worker runs the served interfaces'
+    /// NAPI itself (SO_PREFER_BUSY_POLL on its sockets; kxdp sets
+    /// napi_defer_hard_irqs and gro_flush_timeout on those interfaces and
+    /// turns threaded NAPI off, restoring them at exit).
     #[arg(long)]
     busy_poll: bool,
+    /// With --busy-poll: SO_BUSY_POLL, microseconds one poll may spin.
+    #[arg(long, default_value_t = 20, requires = "busy_poll")]
+    busy_poll_usecs: u32,
+    /// With --busy-poll: SO_BUSY_POLL_BUDGET, packets per NAPI poll.
+    #[arg(long, default_value_t = 64, requires = "busy_poll",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    busy_poll_budget: u16,
+    /// Never sleep when idle: spin on the rings (a dedicated core).
+    #[arg(long)]
+    no_idle_sleep: bool,
+    /// Run the worker thread at this SCHED_FIFO priority (1-99), so it
+    /// preempts the kernel's packet processing on a shared core.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    rt_priority: Option<u8>,
     /// Pin the steering program and maps under this bpffs directory.
     #[arg(long)]
     pin_dir: Option<PathBuf>,
@@ -341,6 +359,43 @@ struct Dataplane {
     uplink_cfg: Option<UplinkConfig>,
     /// Node-local addresses in the steering program's host path.
     host_addrs: BTreeSet<Ipv4Addr>,
+    rings: RingSizes,
+    /// `--busy-poll`: per socket, and the device settings it needs.
+    busy_poll: Option<(BusyPoll, NapiSettings)>,
+    /// Device NAPI settings changed per served ifindex, to restore.
+    napi_saved: BTreeMap<u32, SavedNapi>,
+}
+
+/// AF_XDP ring sizes per role.
+///
+/// A pod port keeps `pod_fill` frames lent to the kernel even while idle;
+/// they come out of the worker's one UMEM, so the target scales with
+/// `--umem-frames` (1/32 of it: 512 with the default 16384 frames) instead
+/// of being fixed: small enough that dozens of pods cannot starve each
+/// other, large enough to absorb the bursts a veth delivers while the
+/// worker is off the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RingSizes {
+    pod_fill: u32,
+    pod_ring: u32,
+    uplink_fill: u32,
+    uplink_ring: u32,
+}
+
+impl RingSizes {
+    fn for_umem(frames: u32) -> Self {
+        let pod_fill = (frames / 32).clamp(64, 2048);
+        // The fill rings themselves are 2048 long (`StoreConfig`).
+        let uplink_fill = (frames / 8).clamp(256, 2048);
+        // Rings hold what the fill ring can deliver in one go, rounded to
+        // a power of two.
+        RingSizes {
+            pod_fill,
+            pod_ring: (pod_fill * 2).next_power_of_two(),
+            uplink_fill,
+            uplink_ring: (uplink_fill * 2).next_power_of_two(),
+        }
+    }
 }
 
 impl Dataplane {
@@ -362,16 +417,17 @@ impl Dataplane {
         let opened = (0..queues).try_for_each(|q| -> Result<()> {
             let mut cfg = PortConfig::new(name, q, ingress);
             cfg.bind = self.bind;
-            let (rx, tx, fill) = match role {
-                Role::Uplink => (2048, 2048, 1024),
-                Role::Pod => (512, 512, 256),
+            let (ring, fill) = match role {
+                Role::Uplink => (self.rings.uplink_ring, self.rings.uplink_fill),
+                Role::Pod => (self.rings.pod_ring, self.rings.pod_fill),
             };
-            cfg.rx_ring = rx;
-            cfg.tx_ring = tx;
+            cfg.rx_ring = ring;
+            cfg.tx_ring = ring;
             cfg.limits = CoreLimits {
                 fill_target: fill,
                 ..CoreLimits::default()
             };
+            cfg.busy_poll = self.busy_poll.map(|(bp, _)| bp);
             let (_, fd) = self
                 .worker
                 .add_port(cfg, WORKER_TIMEOUT)
@@ -387,6 +443,18 @@ impl Dataplane {
             let _ = self.worker.remove_port(ifindex, WORKER_TIMEOUT);
             let _ = self.steering.detach(ifindex);
             return Err(e);
+        }
+        if let Some((_, napi)) = self.busy_poll {
+            let (saved, errors) = napi::apply(name, napi);
+            for e in errors {
+                tracing::warn!(interface = name, error = %e, "NAPI setting for busy polling");
+            }
+            tracing::info!(
+                interface = name,
+                changed = saved.changed(),
+                "NAPI settings for busy polling"
+            );
+            self.napi_saved.insert(ifindex, saved);
         }
         self.served.insert(
             ifindex,
@@ -417,6 +485,9 @@ impl Dataplane {
         }
         if let Err(e) = self.steering.detach(ifindex) {
             tracing::warn!(interface = %s.name, error = %e, "detaching XDP");
+        }
+        if let Some(saved) = self.napi_saved.remove(&ifindex) {
+            saved.restore();
         }
         tracing::info!(interface = %s.name, ifindex, queues = s.queues, "interface released");
     }
@@ -596,6 +667,9 @@ impl Dataplane {
                 }
             }
         }
+        for saved in std::mem::take(&mut self.napi_saved).into_values() {
+            saved.restore();
+        }
         let s = stats.load();
         tracing::info!(
             rx = s.pipeline.rx,
@@ -608,6 +682,22 @@ impl Dataplane {
             no_egress_port = s.counters.no_egress_port,
             "final worker stats"
         );
+        for p in &s.ports {
+            let st = &p.stats;
+            tracing::info!(
+                ifindex = p.ifindex,
+                rx = st.rx_packets,
+                tx = st.tx_packets,
+                tx_dropped = st.tx_dropped,
+                fill_ring_empty = st.fill_ring_empty,
+                rx_ring_full = st.rx_ring_full,
+                rx_dropped = st.rx_dropped,
+                pool_empty = st.pool_empty,
+                wakeups = st.wakeups,
+                busy_polls = st.busy_polls,
+                "final socket stats"
+            );
+        }
         // Dropping the program unpins it.
     }
 }
@@ -643,7 +733,7 @@ fn spawn_worker_with(
     let mut cfg = WorkerConfig::new(0);
     cfg.core = args.cores.first().copied();
     cfg.forwarding = forwarding;
-    if args.busy_poll {
+    if args.no_idle_sleep {
         cfg.idle = IdlePolicy {
             spin: 0,
             sleep: Duration::ZERO,
@@ -654,15 +744,36 @@ fn spawn_worker_with(
         huge_pages: HugePages::Try,
         ..StoreConfig::default()
     };
+    let rt_priority = args.rt_priority;
     worker::spawn(
         cfg,
-        move || XskStore::new(&store_cfg).map_err(|e| e.to_string()),
+        // Runs on the worker thread before its loop: the place to give
+        // that thread (only) its scheduling class.
+        move || {
+            if let Some(p) = rt_priority {
+                kxdp_ffi::sched::set_current_thread_fifo(p)
+                    .map_err(|e| format!("--rt-priority {p}: {e}"))?;
+            }
+            XskStore::new(&store_cfg).map_err(|e| e.to_string())
+        },
         AfXdpFactory::default(),
         reader,
         ct,
         aff,
     )
     .context("starting the worker")
+}
+
+fn busy_poll(args: &RunArgs) -> Option<(BusyPoll, NapiSettings)> {
+    args.busy_poll.then(|| {
+        (
+            BusyPoll {
+                usecs: args.busy_poll_usecs,
+                budget: args.busy_poll_budget,
+            },
+            NapiSettings::default(),
+        )
+    })
 }
 
 fn load_steering(args: &RunArgs) -> Result<SteeringProgram> {
@@ -947,6 +1058,9 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         node_ports: BTreeSet::new(),
         uplink_cfg: None,
         host_addrs: BTreeSet::new(),
+        rings: RingSizes::for_umem(args.umem_frames),
+        busy_poll: busy_poll(args),
+        napi_saved: BTreeMap::new(),
     };
     let uplink_ifindex = view.uplink.ifindex;
     let serve = (|| -> Result<()> {
@@ -1134,6 +1248,9 @@ fn run_null(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         node_ports: BTreeSet::new(),
         uplink_cfg: None,
         host_addrs: BTreeSet::new(),
+        rings: RingSizes::for_umem(args.umem_frames),
+        busy_poll: busy_poll(args),
+        napi_saved: BTreeMap::new(),
     };
     let setup = (|| -> Result<()> {
         for (a, b) in &args.null_pairs {
@@ -1183,6 +1300,21 @@ fn run_null(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_sizes_scale_with_the_umem_and_stay_powers_of_two() {
+        let d = RingSizes::for_umem(16384);
+        assert_eq!((d.pod_fill, d.pod_ring), (512, 1024));
+        assert_eq!((d.uplink_fill, d.uplink_ring), (2048, 4096));
+        // Tiny and huge UMEMs are clamped.
+        assert_eq!(RingSizes::for_umem(256).pod_fill, 64);
+        assert_eq!(RingSizes::for_umem(1 << 20).pod_fill, 2048);
+        for frames in [100, 256, 1000, 16384, 50_000, 1 << 20] {
+            let r = RingSizes::for_umem(frames);
+            assert!(r.pod_ring.is_power_of_two() && r.uplink_ring.is_power_of_two());
+            assert!(r.pod_ring >= r.pod_fill && r.uplink_ring >= r.uplink_fill);
+        }
+    }
 
     #[test]
     fn pairs_and_ranges_parse_and_reject_nonsense() {

@@ -208,6 +208,9 @@ pub fn worker_stats_json(s: &WorkerSnapshot) -> serde_json::Value {
                 "rx_ring_full": st.rx_ring_full,
                 "fill_ring_empty": st.fill_ring_empty,
                 "rx_dropped": st.rx_dropped,
+                "pool_empty": st.pool_empty,
+                "wakeups": st.wakeups,
+                "busy_polls": st.busy_polls,
             })
         })
         .collect();

@@ -3,6 +3,8 @@
 //! - [`xdp`]: the XDP steering program (`bpf/steer.c`, compiled by
 //!   `build.rs`) and its loader.
 //! - [`netns`]: moving a thread into a network namespace.
+//! - [`sched`]: real-time priority for the worker thread.
 
 pub mod netns;
+pub mod sched;
 pub mod xdp;

@@ -58,6 +58,16 @@ struct Cli {
     /// The kxdp binary (default: next to kxdp-bench).
     #[arg(long)]
     kxdp: Option<PathBuf>,
+    /// kxdp modes: kxdp with preferred busy polling (`kxdp run --busy-poll`).
+    #[arg(long)]
+    busy_poll: bool,
+    /// kxdp modes: kxdp's worker at this SCHED_FIFO priority.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=99))]
+    rt_priority: Option<u8>,
+    /// kxdp modes: leave the pod veth's NAPI in softirq (no NAPI kthread
+    /// pinned to the dataplane core).
+    #[arg(long)]
+    no_threaded_napi: bool,
     /// Output directory.
     #[arg(long, default_value = "kxdp-bench-out")]
     out: PathBuf,
@@ -108,6 +118,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     }
     if cli.kxdp.is_some() {
         cfg.kxdp = cli.kxdp;
+    }
+    cfg.busy_poll |= cli.busy_poll;
+    if cli.rt_priority.is_some() {
+        cfg.rt_priority = cli.rt_priority;
+    }
+    if cli.no_threaded_napi {
+        cfg.threaded_napi = false;
     }
     cfg.validate().map_err(|e| e.to_string())?;
     if let Some(why) = kxdp_topology::skip_reason() {

@@ -166,6 +166,12 @@ pub struct BenchConfig {
     /// DUT core (false: NAPI runs where the generator's transmit schedules
     /// it, i.e. on the generator core).
     pub threaded_napi: bool,
+    /// kxdp modes: run kxdp with `--busy-poll` (its worker drives the
+    /// veths' NAPI; kxdp turns threaded NAPI off itself, so
+    /// `threaded_napi` is not applied).
+    pub busy_poll: bool,
+    /// kxdp modes: run kxdp's worker at this SCHED_FIFO priority.
+    pub rt_priority: Option<u8>,
     /// CI mode: assert only that every case delivered packets.
     pub smoke: bool,
 }
@@ -188,6 +194,8 @@ impl Default for BenchConfig {
             kxdp_args: Vec::new(),
             warmup: 0.5,
             threaded_napi: true,
+            busy_poll: false,
+            rt_priority: None,
             smoke: false,
         }
     }

@@ -135,11 +135,17 @@ impl Drop for KxdpChild {
     }
 }
 
-/// A scratch directory removed on drop.
+/// A scratch directory (manifests, kxdp's log) removed on drop, unless
+/// `KXDP_BENCH_KEEP` is set in the environment (to read kxdp's log after
+/// a run).
 struct ScratchDir(PathBuf);
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
+        if std::env::var_os("KXDP_BENCH_KEEP").is_some() {
+            eprintln!("kxdp-bench: kept {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -325,10 +331,17 @@ impl Testbed {
                 manifests.to_string_lossy().into_owned(),
             ]);
         }
+        if cfg.busy_poll {
+            args.push("--busy-poll".into());
+        }
+        if let Some(p) = cfg.rt_priority {
+            args.extend(["--rt-priority".into(), p.to_string()]);
+        }
         args.extend(cfg.kxdp_args.iter().cloned());
         let child = Command::new("taskset")
             .args(&args)
-            .env("RUST_LOG", "warn")
+            // Info: the log ends with kxdp's per-socket statistics.
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -426,6 +439,9 @@ impl Testbed {
                     Err(e) => notes.push(format!("RPS on node-a {}: {e}", g.host_veth)),
                 }
             }
+            Mode::KxdpNull | Mode::Kxdp if cfg.busy_poll => notes.push(format!(
+                "kxdp modes: kxdp --busy-poll: its worker (CPU {dut}) runs the pod veth's NAPI; kxdp set threaded NAPI off, napi_defer_hard_irqs and gro_flush_timeout on the interfaces it serves"
+            )),
             Mode::KxdpNull | Mode::Kxdp if !cfg.threaded_napi => notes.push(format!(
                 "kxdp modes: threaded NAPI off (config): the pod veth's NAPI runs on the generator core; kxdp process and worker pinned to CPU {dut}"
             )),

@@ -146,6 +146,8 @@ pub struct PortStats {
     pub pool_empty: u64,
     /// Kernel wakeups issued.
     pub wakeups: u64,
+    /// Busy polls issued (the worker running the device's NAPI).
+    pub busy_polls: u64,
     /// Kernel: received packets dropped because the rx ring was full.
     pub rx_ring_full: u64,
     /// Kernel: times the fill ring was found empty.

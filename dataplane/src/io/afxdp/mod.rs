@@ -96,6 +96,12 @@ pub enum AfXdpError {
         #[source]
         source: xsk_rs::socket::SocketCreateError,
     },
+    #[error("setting {name} on the AF_XDP socket: {source}")]
+    SocketOption {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("socket on {ifname} queue {queue} got no fill/completion rings: (interface, queue) already bound from this UMEM")]
     AlreadyBound { ifname: String, queue: u32 },
 }
@@ -388,6 +394,37 @@ pub struct PortConfig {
     /// Receive descriptors taken per `recv_batch` at most.
     pub rx_batch: usize,
     pub limits: CoreLimits,
+    /// Preferred busy polling: the worker runs the device's NAPI itself
+    /// (see [`BusyPoll`]). `None`: the kernel's softirq or NAPI thread
+    /// fills the rx ring on its own.
+    pub busy_poll: Option<BusyPoll>,
+}
+
+/// Preferred busy polling of one socket (kernel 5.11+).
+///
+/// The socket gets `SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL` and
+/// `SO_BUSY_POLL_BUDGET`, and every receive starts with a non-blocking
+/// `recvfrom`, which runs the device queue's NAPI poll in the worker's
+/// thread. While the worker keeps polling, the kernel leaves the queue to
+/// it instead of competing for the core from softirq or a NAPI thread;
+/// `napi_defer_hard_irqs` and `gro_flush_timeout` on the device (set by
+/// whoever owns it) decide how soon the kernel takes over again when the
+/// worker stops polling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// `SO_BUSY_POLL`: how long one busy poll may spin for packets, µs.
+    pub usecs: u32,
+    /// `SO_BUSY_POLL_BUDGET`: packets one NAPI poll may process.
+    pub budget: u16,
+}
+
+impl Default for BusyPoll {
+    fn default() -> Self {
+        BusyPoll {
+            usecs: 20,
+            budget: 64,
+        }
+    }
 }
 
 impl PortConfig {
@@ -403,6 +440,7 @@ impl PortConfig {
             need_wakeup: true,
             rx_batch: 64,
             limits: CoreLimits::default(),
+            busy_poll: None,
         }
     }
 }
@@ -457,6 +495,67 @@ impl XskRings<FrameDesc> for Rings {
     fn rx_wakeup(&mut self) -> std::io::Result<()> {
         self.fill.wakeup(self.rx.fd_mut(), 0)
     }
+    fn rx_busy_poll(&mut self) -> std::io::Result<()> {
+        let fd = self.rx.fd().as_raw_fd();
+        // SAFETY: a zero-length receive with null buffers: the kernel
+        // (`xsk_recvmsg`) writes no data and no address.
+        let rc = unsafe {
+            libc::recvfrom(
+                fd,
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        if rc >= 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            // Nothing to do, or the kernel's own transient conditions.
+            Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN) => Ok(()),
+            _ => Err(err),
+        }
+    }
+}
+
+/// `setsockopt(SOL_SOCKET, opt, value)` for an integer option.
+fn set_int_sockopt(fd: RawFd, opt: libc::c_int, value: u32, name: &str) -> Result<(), AfXdpError> {
+    let value = libc::c_int::try_from(value)
+        .map_err(|_| AfXdpError::Config(format!("{name} {value} out of range")))?;
+    // SAFETY: `value` is a valid c_int for the duration of the call and
+    // its size is passed along.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(AfXdpError::SocketOption {
+            name: name.to_owned(),
+            source: std::io::Error::last_os_error(),
+        })
+    }
+}
+
+/// Turns on preferred busy polling for the socket `fd`.
+fn enable_busy_poll(fd: RawFd, bp: BusyPoll) -> Result<(), AfXdpError> {
+    set_int_sockopt(fd, libc::SO_PREFER_BUSY_POLL, 1, "SO_PREFER_BUSY_POLL")?;
+    set_int_sockopt(fd, libc::SO_BUSY_POLL, bp.usecs, "SO_BUSY_POLL")?;
+    set_int_sockopt(
+        fd,
+        libc::SO_BUSY_POLL_BUDGET,
+        u32::from(bp.budget),
+        "SO_BUSY_POLL_BUDGET",
+    )
 }
 
 /// One AF_XDP socket bound to `(interface, queue)` on a worker's UMEM.
@@ -527,11 +626,15 @@ impl AfXdpPort {
             queue: cfg.queue,
         })?;
         let zero_copy = xdp_zero_copy(rx.fd().as_raw_fd());
+        if let Some(bp) = cfg.busy_poll {
+            enable_busy_poll(rx.fd().as_raw_fd(), bp)?;
+        }
         let limits = CoreLimits {
             fill_target: cfg
                 .limits
                 .fill_target
                 .min(store.umem_config.fill_queue_size().get()),
+            busy_poll: cfg.busy_poll.is_some(),
             ..cfg.limits
         };
         let mut port = AfXdpPort {
@@ -700,6 +803,7 @@ impl Port for AfXdpPort {
             tx_dropped: self.stats.tx_dropped + c.tx_dropped,
             pool_empty: c.pool_empty,
             wakeups: c.wakeups,
+            busy_polls: c.busy_polls,
             ..self.stats
         };
         if let Ok(k) = self.rings.rx.fd().xdp_statistics() {

@@ -186,6 +186,10 @@ pub trait XskRings<D> {
     fn tx_wakeup(&mut self) -> io::Result<()>;
     /// Kicks the kernel's rx path (`poll`, non-blocking).
     fn rx_wakeup(&mut self) -> io::Result<()>;
+    /// Runs the device's NAPI poll in the calling thread (`recvfrom` with
+    /// `MSG_DONTWAIT` on a socket with `SO_BUSY_POLL` set): the kernel
+    /// moves what the device received into the rx ring before returning.
+    fn rx_busy_poll(&mut self) -> io::Result<()>;
 }
 
 /// Limits of one port.
@@ -200,6 +204,12 @@ pub struct CoreLimits {
     /// `sendto` kicks per `flush`: copy mode sends at most 32 frames per
     /// kick (the kernel's TX_BATCH_SIZE), so a large batch needs several.
     pub max_tx_kicks: u32,
+    /// Drive the device's NAPI from `recv` (preferred busy polling): one
+    /// [`XskRings::rx_busy_poll`] per receive. In copy mode the kernel
+    /// never asks for rx wakeups, so without this the device's softirq or
+    /// NAPI thread alone fills the rx ring, competing with the worker for
+    /// its core.
+    pub busy_poll: bool,
 }
 
 impl Default for CoreLimits {
@@ -209,6 +219,7 @@ impl Default for CoreLimits {
             tx_batch: 256,
             comp_batch: 256,
             max_tx_kicks: 16,
+            busy_poll: false,
         }
     }
 }
@@ -225,6 +236,8 @@ pub struct CoreCounters {
     pub pool_empty: u64,
     /// Wakeups issued (tx `sendto` and rx `poll`).
     pub wakeups: u64,
+    /// Busy polls issued (`recvfrom`, with [`CoreLimits::busy_poll`]).
+    pub busy_polls: u64,
     /// Wakeups that failed with an error other than the expected
     /// EAGAIN/ENOBUFS/EBUSY/ENETDOWN (those are absorbed by xsk-rs).
     pub wakeup_errors: u64,
@@ -333,6 +346,15 @@ impl<D: FrameId> PortCore<D> {
         pool: &mut FramePool<D>,
         out: &mut [D],
     ) -> usize {
+        if self.limits.busy_poll {
+            // Refill first: the NAPI run we are about to drive can only
+            // deliver into frames the fill ring holds.
+            self.refill(rings, pool);
+            self.counters.busy_polls += 1;
+            if rings.rx_busy_poll().is_err() {
+                self.counters.wakeup_errors += 1;
+            }
+        }
         let mut n = rings.rx_consume(out);
         if n == 0 && rings.fill_needs_wakeup() {
             self.counters.wakeups += 1;
@@ -475,6 +497,10 @@ mod tests {
         /// Frames the kernel transmits per tx wakeup (copy mode: 32).
         tx_per_kick: usize,
         kicks: u64,
+        /// Packets the device holds until NAPI runs (busy polling moves
+        /// them into the rx ring).
+        device_backlog: usize,
+        busy_polls: u64,
     }
 
     impl ModelKernel {
@@ -552,6 +578,13 @@ mod tests {
             Ok(())
         }
         fn rx_wakeup(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn rx_busy_poll(&mut self) -> io::Result<()> {
+            self.busy_polls += 1;
+            let waiting = std::mem::take(&mut self.device_backlog);
+            let delivered = self.arrive(waiting);
+            self.device_backlog = waiting - delivered;
             Ok(())
         }
     }
@@ -746,6 +779,39 @@ mod tests {
     }
 
     #[test]
+    fn busy_polling_receives_what_the_device_holds_in_the_same_call() {
+        let mut p = pool(256);
+        let mut buf = [0u64; 64];
+        let limits = CoreLimits {
+            fill_target: 32,
+            ..CoreLimits::default()
+        };
+
+        // Without busy polling nothing runs the device's NAPI for us.
+        let mut k = ModelKernel::new(64);
+        let mut c = PortCore::new(limits);
+        c.refill(&mut k, &mut p);
+        k.device_backlog = 10;
+        assert_eq!(c.recv(&mut k, &mut p, &mut buf), 0);
+        assert_eq!(k.busy_polls, 0);
+
+        // With it, each recv runs it first; a backlog larger than the fill
+        // ring arrives over several calls, the ring refilled in between.
+        let mut k = ModelKernel::new(64);
+        let mut c = PortCore::new(CoreLimits {
+            busy_poll: true,
+            ..limits
+        });
+        k.device_backlog = 50;
+        assert_eq!(c.recv(&mut k, &mut p, &mut buf), 32, "fill target");
+        assert_eq!(c.recv(&mut k, &mut p, &mut buf), 18);
+        assert_eq!(k.device_backlog, 0);
+        assert_eq!(k.busy_polls, 2);
+        assert_eq!(c.counters().busy_polls, 2);
+        assert_eq!(c.counters().rx_packets, 50);
+        assert_eq!(c.fill_outstanding(), 32, "refilled after receiving");
+    }
+    #[test]
     fn pool_refuses_more_than_total() {
         let mut p = pool(2);
         assert!(!p.put(7), "pool already full");
@@ -791,7 +857,7 @@ mod tests {
                                 target in 1u32..300) {
             const TOTAL: u64 = 300;
             let mut p = pool(TOTAL);
-            let limits = CoreLimits { fill_target: target, tx_batch: 64, comp_batch: 32, max_tx_kicks: 4 };
+            let limits = CoreLimits { fill_target: target, tx_batch: 64, comp_batch: 32, max_tx_kicks: 4, busy_poll: false };
             let mut ks: Vec<ModelKernel> = (0..3).map(|_| ModelKernel::new(ring)).collect();
             for k in &mut ks { k.tx_per_kick = 7; }
             let mut cs: Vec<PortCore<u64>> =
