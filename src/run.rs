@@ -178,6 +178,16 @@ pub struct RunArgs {
     /// interface attached); removed at exit.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Minimum time between two table syncs, milliseconds (kube-proxy's
+    /// minSyncPeriod): changes arriving faster are batched.
+    #[arg(long, default_value_t = 1000)]
+    min_sync_period_ms: u64,
+    /// Maximum time between two table syncs, milliseconds (kube-proxy's
+    /// syncPeriod); /healthz turns 503 when no sync succeeded for twice
+    /// this long.
+    #[arg(long, default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    sync_period_ms: u64,
     /// Host rescan period (pod veths, neighbours), milliseconds.
     #[arg(long, default_value_t = 1000)]
     rescan_ms: u64,
@@ -888,7 +898,18 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     let aff = Arc::new(AffinityTable::new((args.conntrack_size / 4).max(1), None));
 
     // Control plane: manifests source -> runner -> table slot; admin API.
-    let runner_cfg = RunnerConfig::default();
+    if args.min_sync_period_ms > args.sync_period_ms {
+        bail!(
+            "--min-sync-period-ms {} is longer than --sync-period-ms {}",
+            args.min_sync_period_ms,
+            args.sync_period_ms
+        );
+    }
+    let runner_cfg = RunnerConfig {
+        min_interval: Duration::from_millis(args.min_sync_period_ms),
+        max_interval: Duration::from_millis(args.sync_period_ms),
+        ..RunnerConfig::default()
+    };
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(Status::new(&runner_cfg));
     let slot = Arc::new(TableSlot::new());
@@ -1237,6 +1258,34 @@ fn run_null(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     }
     let (_publisher, reader) = publication(empty_tables(&args.node));
     let worker = spawn_worker(args, reader, Forwarding::Null)?;
+    // The admin API serves the worker's counters (/metrics, /debug/stats)
+    // here too, so benchmarks read the same per-socket statistics in both
+    // modes; no tables are compiled, so /readyz stays unready.
+    let _admin = if args.admin == "off" {
+        None
+    } else {
+        let addr: SocketAddr = args
+            .admin
+            .parse()
+            .with_context(|| format!("--admin {:?}", args.admin))?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_packet_counters(Arc::new(WorkerPackets(vec![worker.stats()])));
+        let view = DataplaneView::new();
+        view.set_workers(vec![worker.stats()]);
+        let server = start_admin_with(
+            addr,
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            AdminState {
+                status: Arc::new(Status::new(&RunnerConfig::default())),
+                metrics,
+                tables: Arc::new(TableSlot::new()),
+            },
+            view,
+        )
+        .context("starting the admin API")?;
+        tracing::info!(addr = %server.local_addr(), "admin API listening");
+        Some(server)
+    };
     let mut dp = Dataplane {
         steering: load_steering(args)?,
         worker,

@@ -1,5 +1,6 @@
-//! Synthetic clusters at any scale, for scale tests and benchmarks
-//! (feature `testing`; not part of the daemon).
+//! Synthetic clusters at any scale, for scale tests and benchmarks, and a
+//! fake Kubernetes API server ([`fake_apiserver`]) for the Kubernetes
+//! source's tests (feature `testing`; not part of the daemon).
 //!
 //! [`SyntheticCluster`] describes the shape; [`SyntheticCluster::state`]
 //! builds a deterministic [`ClusterState`] from it: the same description
@@ -25,6 +26,8 @@
 //! (one /24 each in 10.244.0.0/16), at most 253 pods per node, at most 1M
 //! Services (10.96.0.0/12), and `endpoints_per_service` no larger than the
 //! pods of one namespace (endpoints of one Service are distinct pods).
+
+pub mod fake_apiserver;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

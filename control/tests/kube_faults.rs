@@ -186,3 +186,49 @@ fn register_node_patches_flannel_annotations() {
     });
     assert!(err.to_string().contains("ghost"), "{err}");
 }
+
+/// Known gap (found by `tests/e2e_kube_source.rs`): after an outage the
+/// `/version` probe marks the source healthy as soon as the API server
+/// answers, while the watchers still sit in their backoff before the relist
+/// that brings their view up to date. In that window the runner's periodic
+/// resync may re-stamp `/healthz` as fresh from the pre-outage state. The
+/// contract ("tables are never re-stamped as fresh from a view that may be
+/// stale") wants health back only once every watcher has recovered (listed
+/// or resumed its watch) after its last failure.
+#[test]
+#[ignore = "known gap in source::kube health: probe success alone restores health"]
+fn health_returns_only_after_every_watcher_recovered() {
+    let mut fake = FakeApiServer::start_new();
+    seed(&fake, 3);
+    let src = KubeSourceConfig {
+        // Backoff grows while the API server is away (as the default
+        // does, 800 ms .. 30 s); the probe is quick.
+        backoff: kxdp_control::source::kube::WatchBackoff::Exponential {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(3),
+        },
+        probe_interval: Duration::from_millis(100),
+        ..fast_source()
+    };
+    let h = Harness::start(&fake, fast_runner(), src);
+    h.wait_for(T, "initial publish", |p| p.state_services == services(0..3));
+    fake.stop();
+    Harness::wait_until(T, "unhealthy", || {
+        h.status.readiness().unhealthy_sources == vec!["kubernetes"]
+    });
+    // Long enough for the watchers' backoff to reach seconds.
+    std::thread::sleep(Duration::from_millis(2500));
+    add_service(&fake, 7);
+    fake.compact();
+    let relists_before = h.metrics.relists(kxdp_control::source::Kind::Service);
+    fake.start();
+    Harness::wait_until(T, "healthy again", || {
+        h.status.readiness().unhealthy_sources.is_empty()
+    });
+    // Health is back: the Service watcher must have relisted by now (the
+    // change made while away needs a relist to be seen).
+    assert!(
+        h.metrics.relists(kxdp_control::source::Kind::Service) > relists_before,
+        "healthy again before the Service watcher relisted"
+    );
+}

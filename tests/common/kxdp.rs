@@ -260,6 +260,72 @@ impl KxdpProcess {
         }
     }
 
+    /// Starts `kxdp run --node NODE --uplink eth0 --ready-file FILE` plus
+    /// `args` (the source, e.g. `--kubeconfig FILE`, and other flags) in
+    /// `node`'s namespace without waiting for it to be ready; see
+    /// [`KxdpProcess::wait_ready`].
+    pub fn spawn(node: &Node, dir: &Path, args: &[&str]) -> TopoResult<Self> {
+        let log = dir.join(format!("kxdp-{}.log", node.name));
+        let ready_file = dir.join(format!("kxdp-{}.ready", node.name));
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+        let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
+        let ready_s = ready_file.to_string_lossy().into_owned();
+        let mut full = vec![
+            "netns",
+            "exec",
+            node.ns.name(),
+            env!("CARGO_BIN_EXE_kxdp"),
+            "run",
+            "--node",
+            &node.name,
+            "--uplink",
+            "eth0",
+            "--ready-file",
+            &ready_s,
+        ];
+        full.extend_from_slice(args);
+        let child = Command::new("ip")
+            .args(&full)
+            .env("RUST_LOG", "info,kxdp_control=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .map_err(|e| format!("spawn kxdp: {e}"))?;
+        Ok(KxdpProcess {
+            child: Some(child),
+            log,
+            ready_file,
+        })
+    }
+
+    /// Waits up to `timeout` for the ready file; Err (with the log) when
+    /// the process exits or the deadline passes first.
+    pub fn wait_ready(&mut self, timeout: Duration) -> TopoResult<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.ready_file.exists() {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(format!(
+                        "kxdp exited early ({status}):\n{}",
+                        self.log_text()
+                    ));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "kxdp not ready after {timeout:?}:\n{}",
+                    self.log_text()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -481,6 +547,33 @@ pub fn admin_get(ns: &Netns, addr: SocketAddr, path: &str) -> TopoResult<String>
         }
         Ok(body.to_owned())
     })
+}
+
+/// `GET path` on the admin API at `addr` from inside `ns` (HTTP/1.0);
+/// returns the status code and body whatever the status. Bounded by 5 s.
+pub fn admin_request(ns: &Netns, addr: SocketAddr, path: &str) -> TopoResult<(u16, String)> {
+    let path = path.to_owned();
+    ns.run_in(move || http_get(addr, &path))
+}
+
+/// `GET path` at `addr` (HTTP/1.0, in the calling thread's namespace);
+/// the status code and body. Bounded by 5 s.
+pub fn http_get(addr: SocketAddr, path: &str) -> TopoResult<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .map_err(|e| format!("read {path}: {e}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("GET {path}: no status line in {head:?}"))?;
+    Ok((code, body.to_owned()))
 }
 
 /// The value of the Prometheus sample `name{labels}` (exact series text,

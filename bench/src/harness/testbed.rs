@@ -660,19 +660,79 @@ impl Testbed {
         c
     }
 
-    /// kxdp's drop and forward counters (`/metrics`), when it runs.
+    /// Where frames were lost, stage by stage, when kxdp runs (cumulative
+    /// since kxdp started, warm-up included): kxdp's drop and forward
+    /// counters (`/metrics`), its AF_XDP sockets' statistics
+    /// (`/debug/stats`: fill ring empty = the kernel had no frame to
+    /// receive into, rx ring full, tx drops) and the pod veth's own
+    /// counters (`ethtool -S`: XDP redirect failures and ring drops).
     pub fn kxdp_drops(&self) -> Option<String> {
         self.kxdp.as_ref()?;
         let ns = self.node_a().ok()?;
-        let text = admin_get(ns, "/metrics").ok()?;
-        let lines: Vec<&str> = text
+        let mut lines: Vec<String> = admin_get(ns, "/metrics")
+            .unwrap_or_default()
             .lines()
             .filter(|l| {
                 (l.starts_with("kxdp_drop") || l.starts_with("kxdp_forward")) && !l.ends_with(" 0")
             })
+            .map(str::to_owned)
             .collect();
+        if let Ok(stats) = admin_get(ns, "/debug/stats") {
+            lines.extend(socket_stat_lines(&stats));
+        }
+        if let Some(g) = self.topo.pod("g") {
+            if let Ok(text) = ns.exec_stdout("ethtool", &["-S", &g.host_veth]) {
+                lines.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| {
+                            l.contains("drops")
+                                || l.contains("xdp_redirect")
+                                || l.contains("xdp_tx_err")
+                        })
+                        .filter(|l| !l.ends_with(": 0"))
+                        .map(|l| format!("veth {}: {l}", g.host_veth)),
+                );
+            }
+        }
         Some(lines.join("\n"))
     }
+}
+
+/// One line per AF_XDP socket from kxdp's `/debug/stats` JSON, with the
+/// counters that locate a loss.
+fn socket_stat_lines(json: &str) -> Vec<String> {
+    const KEYS: [&str; 7] = [
+        "rx_packets",
+        "tx_packets",
+        "fill_ring_empty",
+        "rx_ring_full",
+        "rx_dropped",
+        "tx_dropped",
+        "busy_polls",
+    ];
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let workers = v.get("workers").and_then(|w| w.as_array()).cloned();
+    let workers = workers.unwrap_or_else(|| vec![v.clone()]);
+    let mut out = Vec::new();
+    for w in &workers {
+        for p in w
+            .get("ports")
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let ifindex = p.get("ifindex").and_then(|x| x.as_u64()).unwrap_or(0);
+            let fields: Vec<String> = KEYS
+                .iter()
+                .map(|k| format!("{k}={}", p.get(*k).and_then(|x| x.as_u64()).unwrap_or(0)))
+                .collect();
+            out.push(format!("socket ifindex {ifindex}: {}", fields.join(" ")));
+        }
+    }
+    out
 }
 
 fn pod_ns<'a>(topo: &'a Topology, name: &str) -> Result<&'a Netns, HarnessError> {
@@ -838,6 +898,22 @@ mod tests {
         let text = "Ip: Forwarding\nIp: 1\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\nUdp: 10 1 5 0 5 0\nUdpLite: InDatagrams\nUdpLite: 0\n";
         assert_eq!(parse_udp_snmp(text), Some(15));
         assert_eq!(parse_udp_snmp("Ip: x\nIp: 1\n"), None);
+    }
+
+    #[test]
+    fn socket_stat_lines_read_kxdp_debug_stats() {
+        let json = r#"{"now_ns": 1, "workers": [{"worker": 0, "ports": [
+            {"ifindex": 3, "rx_packets": 10, "tx_packets": 0, "fill_ring_empty": 7,
+             "rx_ring_full": 0, "rx_dropped": 7, "tx_dropped": 0, "busy_polls": 5},
+            {"ifindex": 2, "rx_packets": 0, "tx_packets": 10}]}]}"#;
+        assert_eq!(
+            socket_stat_lines(json),
+            vec![
+                "socket ifindex 3: rx_packets=10 tx_packets=0 fill_ring_empty=7 rx_ring_full=0 rx_dropped=7 tx_dropped=0 busy_polls=5",
+                "socket ifindex 2: rx_packets=0 tx_packets=10 fill_ring_empty=0 rx_ring_full=0 rx_dropped=0 tx_dropped=0 busy_polls=0",
+            ]
+        );
+        assert!(socket_stat_lines("not json").is_empty());
     }
 
     #[test]
