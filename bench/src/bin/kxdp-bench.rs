@@ -58,6 +58,12 @@ struct Cli {
     /// The kxdp binary (default: next to kxdp-bench).
     #[arg(long)]
     kxdp: Option<PathBuf>,
+    /// Every packet a new 5-tuple (the conntrack-creation path).
+    #[arg(long)]
+    all_new: bool,
+    /// Frame length without FCS (60 = 64 bytes on the wire; up to 1400).
+    #[arg(long)]
+    frame_len: Option<usize>,
     /// kxdp modes: kxdp with preferred busy polling (`kxdp run --busy-poll`).
     #[arg(long)]
     busy_poll: bool,
@@ -120,6 +126,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         cfg.kxdp = cli.kxdp;
     }
     cfg.busy_poll |= cli.busy_poll;
+    cfg.all_new |= cli.all_new;
+    cfg.frame_len = cli.frame_len.unwrap_or(cfg.frame_len);
     if cli.rt_priority.is_some() {
         cfg.rt_priority = cli.rt_priority;
     }

@@ -128,6 +128,61 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
+/// Source ports the all-new mode cycles through (above the well-known
+/// range).
+const NEW_FLOW_PORTS: std::ops::RangeInclusive<u16> = 1024..=65535;
+
+/// Distinct 5-tuples the all-new mode produces before it repeats one:
+/// every template frame with every source port of [`NEW_FLOW_PORTS`].
+pub fn new_flow_budget(templates: usize) -> u64 {
+    templates as u64 * (u64::from(*NEW_FLOW_PORTS.end() - *NEW_FLOW_PORTS.start()) + 1)
+}
+
+/// Offset of the UDP header in a [`plain_frame`] (Ethernet + 20-byte IPv4).
+const PLAIN_UDP_OFFSET: usize = 14 + 20;
+
+/// Gives packet `seq` of an all-new run its own source port: template
+/// `seq % templates`, port number `seq / templates` of
+/// [`NEW_FLOW_PORTS`]. The UDP checksum is updated incrementally (RFC
+/// 1624); a zero checksum (none, RFC 768) stays zero. `frame` must be a
+/// [`plain_frame`].
+pub fn set_new_flow_port(frame: &mut [u8], seq: u64, templates: usize) -> bool {
+    let span = u64::from(*NEW_FLOW_PORTS.end() - *NEW_FLOW_PORTS.start()) + 1;
+    let round = seq / templates.max(1) as u64;
+    let port = *NEW_FLOW_PORTS.start() + (round % span) as u16;
+    let Some(udp) = frame.get_mut(PLAIN_UDP_OFFSET..PLAIN_UDP_OFFSET + 8) else {
+        return false;
+    };
+    let old = u16::from_be_bytes([udp[0], udp[1]]);
+    udp[0..2].copy_from_slice(&port.to_be_bytes());
+    let csum = u16::from_be_bytes([udp[6], udp[7]]);
+    if csum != 0 {
+        // HC' = ~(~HC + ~m + m')
+        let mut sum = u32::from(!csum) + u32::from(!old) + u32::from(port);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        let mut new = !(sum as u16);
+        if new == 0 {
+            // 0 means "no checksum" for UDP: send its ones'-complement twin.
+            new = 0xffff;
+        }
+        udp[6..8].copy_from_slice(&new.to_be_bytes());
+    }
+    true
+}
+
+/// How [`afxdp_blast`] picks each packet's 5-tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowPattern {
+    /// The template frames as they are, round-robin: a fixed set of flows,
+    /// established after the first round.
+    Templates,
+    /// Every packet a new 5-tuple (source port rewritten, see
+    /// [`set_new_flow_port`]) until [`new_flow_budget`] is spent: conntrack
+    /// creation and Service selection on every packet. Plain frames only.
+    AllNew,
+}
+
 /// Sends `frames` round-robin on `ifname` (in the calling thread's network
 /// namespace) through an AF_XDP socket in copy mode until `max_packets`
 /// were queued or `duration` passed, then reaps completions for at most
@@ -135,6 +190,7 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 pub fn afxdp_blast(
     ifname: &str,
     frames: &[Vec<u8>],
+    pattern: FlowPattern,
     duration: Duration,
     max_packets: u64,
 ) -> Result<GenReport, GenError> {
@@ -179,7 +235,13 @@ pub fn afxdp_blast(
                     match f.buf.get_mut(off..off + tpl.len()) {
                         Some(dst) => {
                             dst.copy_from_slice(tpl);
-                            Some(off)
+                            if pattern == FlowPattern::AllNew
+                                && !set_new_flow_port(dst, queued, frames.len())
+                            {
+                                None
+                            } else {
+                                Some(off)
+                            }
                         }
                         None => None,
                     }
@@ -373,6 +435,40 @@ mod tests {
         assert!(udp.source_port() >= 49152);
         assert_eq!(&udp.payload()[..8], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
         assert_eq!(&udp.payload()[8..], &inner[..]);
+    }
+
+    #[test]
+    fn all_new_ports_are_distinct_and_keep_the_udp_checksum_valid() {
+        let tpl = plain_frame(&flow(), 64, 60).unwrap();
+        let templates = 3;
+        let mut seen = std::collections::BTreeSet::new();
+        for seq in [0u64, 1, 2, 3, 4, 5, 3 * 64_511, 3 * 64_511 + 2] {
+            let mut f = tpl.clone();
+            assert!(set_new_flow_port(&mut f, seq, templates));
+            let sport = u16::from_be_bytes([f[34], f[35]]);
+            assert!(NEW_FLOW_PORTS.contains(&sport));
+            // Independent check: etherparse recomputes the checksum.
+            let p = etherparse::SlicedPacket::from_ethernet(&f).unwrap();
+            let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Udp(udp))) =
+                (p.net, p.transport)
+            else {
+                panic!("not IPv4/UDP");
+            };
+            let want = udp
+                .to_header()
+                .calc_checksum_ipv4(&ip.header().to_header(), udp.payload())
+                .unwrap();
+            assert_eq!(udp.checksum(), want, "seq {seq}");
+            seen.insert((seq % templates as u64, sport));
+        }
+        assert_eq!(seen.len(), 8, "every (template, port) pair distinct");
+        // The budget wraps: packet budget + 0 reuses packet 0's tuple.
+        let budget = new_flow_budget(templates);
+        let (mut a, mut b) = (tpl.clone(), tpl.clone());
+        set_new_flow_port(&mut a, 0, templates);
+        set_new_flow_port(&mut b, budget, templates);
+        assert_eq!(a, b);
+        assert!(!set_new_flow_port(&mut [0u8; 20], 0, 1), "too short");
     }
 
     #[test]

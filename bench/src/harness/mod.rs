@@ -166,6 +166,11 @@ pub struct BenchConfig {
     /// DUT core (false: NAPI runs where the generator's transmit schedules
     /// it, i.e. on the generator core).
     pub threaded_napi: bool,
+    /// Every packet a new 5-tuple (source port rewritten per packet; see
+    /// `gen::FlowPattern::AllNew`) instead of `flows` fixed flows: the
+    /// conntrack-creation path. `kxdp-null` (no per-flow state) and the
+    /// UDP fallback generator send the fixed flows.
+    pub all_new: bool,
     /// kxdp modes: run kxdp with `--busy-poll` (its worker drives the
     /// veths' NAPI; kxdp turns threaded NAPI off itself, so
     /// `threaded_napi` is not applied).
@@ -194,6 +199,7 @@ impl Default for BenchConfig {
             kxdp_args: Vec::new(),
             warmup: 0.5,
             threaded_napi: true,
+            all_new: false,
             busy_poll: false,
             rt_priority: None,
             smoke: false,

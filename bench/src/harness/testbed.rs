@@ -250,6 +250,13 @@ impl Testbed {
             Mode::Direct | Mode::KernelFwd => {}
         }
         notes.extend(bed.pin(cfg, mode));
+        if cfg.all_new && mode != Mode::KxdpNull {
+            notes.push(format!(
+                "{}: all-new flows: every packet a new source port, {} distinct 5-tuples per flow template before one repeats",
+                mode.name(),
+                gen::new_flow_budget(1)
+            ));
+        }
         bed.notes = notes;
         Ok(bed)
     }
@@ -608,6 +615,13 @@ impl Testbed {
         let allow_udp = mode != Mode::KxdpNull;
         let payload = cfg.frame_len.saturating_sub(42);
         let flows = frames.len();
+        // kxdp-null's frames are VXLAN-encapsulated and it keeps no
+        // per-flow state: fixed flows there.
+        let pattern = if cfg.all_new && mode != Mode::KxdpNull {
+            gen::FlowPattern::AllNew
+        } else {
+            gen::FlowPattern::Templates
+        };
         g.run_in(move || {
             let _ = pin_current_thread(core);
             let udp = || {
@@ -617,7 +631,7 @@ impl Testbed {
             if udp_first {
                 return udp();
             }
-            match gen::afxdp_blast(ifname, &frames, duration, max) {
+            match gen::afxdp_blast(ifname, &frames, pattern, duration, max) {
                 Ok(r) => Ok(r),
                 Err(e) if allow_udp => udp().map(|mut r| {
                     r.generator = format!("{} (AF_XDP failed: {e})", r.generator);
