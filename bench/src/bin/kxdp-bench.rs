@@ -61,6 +61,10 @@ struct Cli {
     /// Every packet a new 5-tuple (the conntrack-creation path).
     #[arg(long)]
     all_new: bool,
+    /// After each case, a latency run at this many packets/s (paced,
+    /// every packet timed from generator to sink).
+    #[arg(long)]
+    latency_pps: Option<u64>,
     /// Frame length without FCS (60 = 64 bytes on the wire; up to 1400).
     #[arg(long)]
     frame_len: Option<usize>,
@@ -127,6 +131,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     }
     cfg.busy_poll |= cli.busy_poll;
     cfg.all_new |= cli.all_new;
+    cfg.latency_pps = cli.latency_pps.unwrap_or(cfg.latency_pps);
     cfg.frame_len = cli.frame_len.unwrap_or(cfg.frame_len);
     if cli.rt_priority.is_some() {
         cfg.rt_priority = cli.rt_priority;

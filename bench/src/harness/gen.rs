@@ -26,6 +26,9 @@ use std::time::{Duration, Instant};
 use kxdp_dataplane::io::afxdp::{AfXdpPort, BindMode, PortConfig, StoreConfig, XskStore};
 use kxdp_dataplane::io::{FrameStore, PacketBuf, Port};
 use kxdp_dataplane::pipeline::Ingress;
+use kxdp_dataplane::worker::monotonic_ns;
+
+use super::latency;
 
 /// Errors of the generators.
 #[derive(Debug, thiserror::Error)]
@@ -183,14 +186,27 @@ pub enum FlowPattern {
     AllNew,
 }
 
+/// A latency run's pacing and stamping (see [`crate::harness::latency`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paced {
+    /// Packets per second, sent one at a time.
+    pub pps: u64,
+    /// UDP payload length of the (inner) datagram, where the stamp goes.
+    pub payload_len: usize,
+    /// The frames are VXLAN-encapsulated (their outer checksum is cleared).
+    pub vxlan: bool,
+}
+
 /// Sends `frames` round-robin on `ifname` (in the calling thread's network
 /// namespace) through an AF_XDP socket in copy mode until `max_packets`
 /// were queued or `duration` passed, then reaps completions for at most
-/// 100 ms.
+/// 100 ms. `paced`: one packet at a time at a fixed rate, each stamped
+/// with its send time.
 pub fn afxdp_blast(
     ifname: &str,
     frames: &[Vec<u8>],
     pattern: FlowPattern,
+    paced: Option<Paced>,
     duration: Duration,
     max_packets: u64,
 ) -> Result<GenReport, GenError> {
@@ -215,7 +231,7 @@ pub fn afxdp_blast(
     cfg.limits.fill_target = 64;
     let mut port = AfXdpPort::open(&mut store, &cfg).map_err(|e| err(e.to_string()))?;
 
-    const BATCH: usize = 64;
+    let batch: usize = if paced.is_some() { 1 } else { 64 };
     let mut next = 0usize;
     let mut queued = 0u64;
     let start = Instant::now();
@@ -223,7 +239,23 @@ pub fn afxdp_blast(
     while queued < max_packets && Instant::now() < deadline {
         port.complete(&mut store);
         let mut n = 0;
-        while n < BATCH && queued < max_packets {
+        if let Some(p) = paced {
+            // Wait for this packet's slot: sleep while far, spin when close.
+            let due = start + Duration::from_secs_f64(queued as f64 / p.pps.max(1) as f64);
+            loop {
+                let now = Instant::now();
+                if now >= due || now >= deadline {
+                    break;
+                }
+                let left = due - now;
+                if left > Duration::from_micros(200) {
+                    std::thread::sleep(left - Duration::from_micros(100));
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        while n < batch && queued < max_packets {
             let Some(mut buf) = store.alloc() else {
                 break;
             };
@@ -235,13 +267,12 @@ pub fn afxdp_blast(
                     match f.buf.get_mut(off..off + tpl.len()) {
                         Some(dst) => {
                             dst.copy_from_slice(tpl);
-                            if pattern == FlowPattern::AllNew
-                                && !set_new_flow_port(dst, queued, frames.len())
-                            {
-                                None
-                            } else {
-                                Some(off)
-                            }
+                            let renumbered = pattern != FlowPattern::AllNew
+                                || set_new_flow_port(dst, queued, frames.len());
+                            let stamped = paced.is_none_or(|p| {
+                                latency::stamp(dst, p.payload_len, p.vxlan, monotonic_ns())
+                            });
+                            (renumbered && stamped).then_some(off)
                         }
                         None => None,
                     }

@@ -29,6 +29,7 @@
 
 pub mod gen;
 pub mod kube_rules;
+pub mod latency;
 pub mod report;
 pub mod testbed;
 
@@ -171,6 +172,10 @@ pub struct BenchConfig {
     /// conntrack-creation path. `kxdp-null` (no per-flow state) and the
     /// UDP fallback generator send the fixed flows.
     pub all_new: bool,
+    /// After each case's throughput runs, a latency run of `duration`
+    /// seconds at this many packets/s (0: none). Pick about half of the
+    /// slowest mode's throughput to compare at equal load.
+    pub latency_pps: u64,
     /// kxdp modes: run kxdp with `--busy-poll` (its worker drives the
     /// veths' NAPI; kxdp turns threaded NAPI off itself, so
     /// `threaded_napi` is not applied).
@@ -200,6 +205,7 @@ impl Default for BenchConfig {
             warmup: 0.5,
             threaded_napi: true,
             all_new: false,
+            latency_pps: 0,
             busy_poll: false,
             rt_priority: None,
             smoke: false,
@@ -217,6 +223,8 @@ impl BenchConfig {
             runs: 1,
             duration: 1.0,
             warmup: 0.3,
+            // A short latency run too, so the timing path is exercised.
+            latency_pps: 2000,
             smoke: true,
             ..BenchConfig::default()
         }
@@ -369,6 +377,25 @@ fn run_case(
                 case.error = Some(format!("run {}: {e}", run + 1));
                 return case;
             }
+        }
+    }
+    if cfg.latency_pps > 0 {
+        let duration = Duration::from_secs_f64(cfg.duration);
+        match bed.latency_run(mode, &frames, duration, cfg, cfg.latency_pps) {
+            Ok(l) => {
+                progress(&format!(
+                    "{} N={services} flows={flows} latency at {} pps: p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs ({} of {} timed)",
+                    mode.name(),
+                    l.pps,
+                    l.p50_us,
+                    l.p99_us,
+                    l.p999_us,
+                    l.samples,
+                    l.sent
+                ));
+                case.latency = Some(l);
+            }
+            Err(e) => case.error = Some(format!("latency run: {e}")),
         }
     }
     if let Some(log) = bed.kxdp_drops() {

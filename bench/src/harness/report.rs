@@ -8,6 +8,7 @@ use std::process::Command;
 use serde::Serialize;
 
 use super::gen::{third_party, GenReport, ThirdParty};
+use super::latency::LatencyResult;
 use super::testbed::Counters;
 use super::{BenchConfig, Mode};
 
@@ -108,6 +109,8 @@ pub struct CaseResult {
     pub median_mpps: Option<f64>,
     /// kxdp's non-zero drop/forward counters after the case.
     pub dut_drops: Option<String>,
+    /// The latency run (`latency_pps`), if any.
+    pub latency: Option<LatencyResult>,
     pub error: Option<String>,
 }
 
@@ -122,6 +125,7 @@ impl CaseResult {
             runs: Vec::new(),
             median_mpps: None,
             dut_drops: None,
+            latency: None,
             error: None,
         }
     }
@@ -146,7 +150,10 @@ impl CaseResult {
 
     /// Smoke criterion: ran without error and every run delivered packets.
     pub fn delivered_packets(&self) -> bool {
-        self.error.is_none() && !self.runs.is_empty() && self.runs.iter().all(|r| r.delivered > 0)
+        self.error.is_none()
+            && !self.runs.is_empty()
+            && self.runs.iter().all(|r| r.delivered > 0)
+            && self.latency.as_ref().is_none_or(|l| l.samples > 0)
     }
 }
 
@@ -232,6 +239,31 @@ impl Report {
                     "-".into()
                 },
             );
+        }
+        if self.cases.iter().any(|c| c.latency.is_some()) {
+            out.push_str("\nOne-way latency, generator to sink socket, paced (µs):\n\n| mode | Services | flows | pps | p50 | p90 | p99 | p99.9 | max | timed / sent |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            for c in &self.cases {
+                let Some(l) = &c.latency else { continue };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {}/{} |",
+                    c.mode.name(),
+                    if c.mode.uses_services() {
+                        c.services.to_string()
+                    } else {
+                        "-".into()
+                    },
+                    c.flows,
+                    l.pps,
+                    l.p50_us,
+                    l.p90_us,
+                    l.p99_us,
+                    l.p999_us,
+                    l.max_us,
+                    l.samples,
+                    l.sent
+                );
+            }
         }
         let mut keys: Vec<(usize, usize)> = self
             .cases

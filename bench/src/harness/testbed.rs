@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use kxdp_dataplane::worker::monotonic_ns;
 use kxdp_topology::{
     unique_suffix, veth, Netns, NodeKind, TopoResult, Topology, TopologyOptions, VXLAN_PORT,
 };
 
 use super::gen::{self, FlowAddr, GenReport, VxlanOuter};
 use super::kube_rules::{self, ServicePort};
+use super::latency::{LatencyRecorder, LatencyResult};
 use super::{
     service_ip, BenchConfig, GeneratorKind, HarnessError, Mode, SERVICE_PORT, SRC_PORT_BASE,
     TARGET_PORT,
@@ -54,32 +56,49 @@ pub struct Counters {
 /// UDP sockets on port 8080 in the sink pods, so the sink's kernel neither
 /// answers with ICMP port unreachable nor needs a reader: datagrams beyond
 /// the receive buffer are counted in `RcvbufErrors` and dropped.
+///
+/// During a latency run (`latency` recording) the sinks read every
+/// datagram and time it; otherwise they never read, so throughput runs
+/// cost the sink core nothing beyond the kernel's receive path.
 struct Sinks {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<TopoResult<()>>>,
+    latency: Arc<LatencyRecorder>,
 }
 
 impl Sinks {
     fn start(namespaces: &[&Netns]) -> Result<Self, HarnessError> {
         let stop = Arc::new(AtomicBool::new(false));
+        let latency = Arc::new(LatencyRecorder::default());
         let mut threads = Vec::new();
         let mut sinks = Sinks {
             stop: stop.clone(),
             threads: Vec::new(),
+            latency: latency.clone(),
         };
         for ns in namespaces {
             let (tx, rx) = std::sync::mpsc::channel();
             let stop = stop.clone();
+            let latency = latency.clone();
             threads.push(ns.spawn(move || {
-                let sock = UdpSocket::bind(("0.0.0.0", TARGET_PORT));
-                let ok = sock.is_ok();
+                let sock = UdpSocket::bind(("0.0.0.0", TARGET_PORT)).and_then(|s| {
+                    s.set_read_timeout(Some(Duration::from_millis(20)))
+                        .map(|()| s)
+                });
                 let _ = tx.send(sock.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                if !ok {
+                let Ok(sock) = sock else {
                     return Ok(());
-                }
+                };
                 let until = Instant::now() + SINK_MAX_LIFETIME;
+                let mut buf = [0u8; 2048];
                 while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(50));
+                    if !latency.recording() {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    if let Ok(n) = sock.recv(&mut buf) {
+                        latency.record(buf.get(..n).unwrap_or(&[]), monotonic_ns());
+                    }
                 }
                 drop(sock);
                 Ok(())
@@ -153,7 +172,7 @@ impl Drop for ScratchDir {
 /// The topology of one mode, ready to measure.
 pub struct Testbed {
     kxdp: Option<KxdpChild>,
-    _sinks: Sinks,
+    sinks: Sinks,
     topo: Topology,
     dir: ScratchDir,
     gen_core: usize,
@@ -207,7 +226,7 @@ impl Testbed {
         let sinks = Sinks::start(&sink_ns)?;
         let mut bed = Testbed {
             kxdp: None,
-            _sinks: sinks,
+            sinks,
             topo,
             dir,
             gen_core: cfg.gen_core,
@@ -601,6 +620,51 @@ impl Testbed {
         duration: Duration,
         cfg: &BenchConfig,
     ) -> Result<GenReport, HarnessError> {
+        self.generate_paced(mode, frames, udp_targets, duration, cfg, None)
+    }
+
+    /// A latency run: `pps` packets/s, each timed from the generator to a
+    /// sink socket. AF_XDP generator only.
+    pub fn latency_run(
+        &self,
+        mode: Mode,
+        frames: &[Vec<u8>],
+        duration: Duration,
+        cfg: &BenchConfig,
+        pps: u64,
+    ) -> Result<LatencyResult, HarnessError> {
+        let paced = gen::Paced {
+            pps,
+            payload_len: cfg.frame_len.saturating_sub(42),
+            vxlan: mode == Mode::KxdpNull,
+        };
+        let rec = &self.sinks.latency;
+        rec.start();
+        let g = self.generate_paced(mode, frames, &[], duration, cfg, Some(paced));
+        std::thread::sleep(Duration::from_millis(150));
+        let h = rec.stop();
+        let g = g?;
+        if !g.generator.starts_with("afxdp") {
+            return Err(HarnessError::Gen(gen::GenError::AfXdp {
+                ifname: "eth0".into(),
+                reason: format!(
+                    "latency runs need the AF_XDP generator, got {}",
+                    g.generator
+                ),
+            }));
+        }
+        Ok(LatencyResult::from_histogram(&h, pps, g.sent))
+    }
+
+    fn generate_paced(
+        &self,
+        mode: Mode,
+        frames: &[Vec<u8>],
+        udp_targets: &[(Ipv4Addr, u16)],
+        duration: Duration,
+        cfg: &BenchConfig,
+        paced: Option<gen::Paced>,
+    ) -> Result<GenReport, HarnessError> {
         let g = pod_ns(&self.topo, "g")?;
         let frames = frames.to_vec();
         let targets = udp_targets.to_vec();
@@ -611,8 +675,9 @@ impl Testbed {
             ("eth0", GEN_IP)
         };
         let max = cfg.max_packets;
-        let udp_first = self.generator == GeneratorKind::Udp && mode != Mode::KxdpNull;
-        let allow_udp = mode != Mode::KxdpNull;
+        let udp_first =
+            self.generator == GeneratorKind::Udp && mode != Mode::KxdpNull && paced.is_none();
+        let allow_udp = mode != Mode::KxdpNull && paced.is_none();
         let payload = cfg.frame_len.saturating_sub(42);
         let flows = frames.len();
         // kxdp-null's frames are VXLAN-encapsulated and it keeps no
@@ -631,7 +696,7 @@ impl Testbed {
             if udp_first {
                 return udp();
             }
-            match gen::afxdp_blast(ifname, &frames, pattern, duration, max) {
+            match gen::afxdp_blast(ifname, &frames, pattern, paced, duration, max) {
                 Ok(r) => Ok(r),
                 Err(e) if allow_udp => udp().map(|mut r| {
                     r.generator = format!("{} (AF_XDP failed: {e})", r.generator);
