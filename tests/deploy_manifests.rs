@@ -525,7 +525,7 @@ fn has(tool: &str) -> bool {
 }
 
 /// ConfigMap key -> `kxdp run` flag for settings with a value.
-const VALUE_FLAGS: [(&str, &str); 12] = [
+const VALUE_FLAGS: [(&str, &str); 15] = [
     ("KXDP_KUBECONFIG", "--kubeconfig"),
     ("KXDP_ADMIN", "--admin"),
     ("KXDP_WORKERS", "--workers"),
@@ -538,6 +538,9 @@ const VALUE_FLAGS: [(&str, &str); 12] = [
     ("KXDP_NODE_PORT_RANGE", "--node-port-range"),
     ("KXDP_UMEM_FRAMES", "--umem-frames"),
     ("KXDP_PIN_DIR", "--pin-dir"),
+    ("KXDP_RT_PRIORITY", "--rt-priority"),
+    ("KXDP_MIN_SYNC_PERIOD_MS", "--min-sync-period-ms"),
+    ("KXDP_SYNC_PERIOD_MS", "--sync-period-ms"),
 ];
 /// ConfigMap key -> switch.
 const SWITCH_FLAGS: [(&str, &str); 3] = [
