@@ -72,12 +72,35 @@ pub struct RunResult {
     pub kernel_drops: u64,
     /// Delivered packets per second, in millions.
     pub mpps: f64,
+    /// Fraction of the DUT core that was busy during the run (anything it
+    /// ran: the dataplane, softirqs, and on a shared machine other work).
+    pub dut_busy: f64,
+    /// DUT core busy time per delivered packet, ns.
+    pub dut_ns_per_packet: f64,
+    /// `mpps / dut_busy`: what one fully busy DUT core would deliver at
+    /// this cost per packet. Compares paths whose throughput is bounded by
+    /// the generator, not by the DUT.
+    pub mpps_per_dut_core: f64,
 }
 
 impl RunResult {
     pub fn from_counters(g: &GenReport, before: &Counters, after: &Counters) -> Self {
         let d = |a: u64, b: u64| a.saturating_sub(b);
         let delivered = d(after.sink_rx, before.sink_rx);
+        let mpps = if g.secs > 0.0 {
+            delivered as f64 / g.secs / 1e6
+        } else {
+            0.0
+        };
+        let busy_ticks = d(after.dut_busy_ticks, before.dut_busy_ticks);
+        let total_ticks = d(after.dut_total_ticks, before.dut_total_ticks);
+        let dut_busy = if total_ticks > 0 {
+            busy_ticks as f64 / total_ticks as f64
+        } else {
+            0.0
+        };
+        // /proc/stat counts in USER_HZ (100 on Linux) ticks.
+        let busy_ns = busy_ticks as f64 * 1e7;
         RunResult {
             sent: g.sent,
             gen_tx_dropped: g.tx_dropped,
@@ -87,11 +110,14 @@ impl RunResult {
             dut_in: d(after.dut_in, before.dut_in),
             dut_out: d(after.dut_out, before.dut_out),
             kernel_drops: d(after.drops, before.drops),
-            mpps: if g.secs > 0.0 {
-                delivered as f64 / g.secs / 1e6
+            mpps,
+            dut_busy,
+            dut_ns_per_packet: if delivered > 0 {
+                busy_ns / delivered as f64
             } else {
                 0.0
             },
+            mpps_per_dut_core: if dut_busy > 0.0 { mpps / dut_busy } else { 0.0 },
         }
     }
 }
@@ -107,6 +133,8 @@ pub struct CaseResult {
     pub generator: String,
     pub runs: Vec<RunResult>,
     pub median_mpps: Option<f64>,
+    /// Median of the runs' `mpps_per_dut_core`.
+    pub median_mpps_per_dut_core: Option<f64>,
     /// kxdp's non-zero drop/forward counters after the case.
     pub dut_drops: Option<String>,
     /// The latency run (`latency_pps`), if any.
@@ -124,6 +152,7 @@ impl CaseResult {
             generator: String::new(),
             runs: Vec::new(),
             median_mpps: None,
+            median_mpps_per_dut_core: None,
             dut_drops: None,
             latency: None,
             error: None,
@@ -146,6 +175,8 @@ impl CaseResult {
     /// Computes the median over the runs.
     pub fn finish(&mut self) {
         self.median_mpps = median(self.runs.iter().map(|r| r.mpps).collect());
+        self.median_mpps_per_dut_core =
+            median(self.runs.iter().map(|r| r.mpps_per_dut_core).collect());
     }
 
     /// Smoke criterion: ran without error and every run delivered packets.
@@ -184,6 +215,13 @@ impl Report {
             .and_then(|c| c.median_mpps)
     }
 
+    fn per_core(&self, mode: Mode, services: usize, flows: usize) -> Option<f64> {
+        self.cases
+            .iter()
+            .find(|c| c.mode == mode && c.services == services && c.flows == flows)
+            .and_then(|c| c.median_mpps_per_dut_core)
+    }
+
     /// Markdown: environment, one row per case, then the ratios per
     /// (Services, flows).
     pub fn markdown(&self) -> String {
@@ -204,8 +242,8 @@ impl Report {
         for n in &m.notes {
             let _ = writeln!(out, "- {n}");
         }
-        out.push_str("\n| mode | Services | flows | Mpps (median) | runs (Mpps) | generator | sent/s (M) | delivered/sent |\n");
-        out.push_str("|---|---:|---:|---:|---|---|---:|---:|\n");
+        out.push_str("\n| mode | Services | flows | Mpps (median) | runs (Mpps) | generator | sent/s (M) | delivered/sent | DUT core busy | ns/pkt on DUT core | Mpps per DUT core (median) |\n");
+        out.push_str("|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|\n");
         for c in &self.cases {
             let runs: Vec<String> = c.runs.iter().map(|r| format!("{:.3}", r.mpps)).collect();
             let (sent, deliv, secs) = c.runs.iter().fold((0u64, 0u64, 0f64), |a, r| {
@@ -221,9 +259,13 @@ impl Report {
                 (None, Some(v)) => format!("{v:.3}"),
                 (None, None) => "-".into(),
             };
+            let busy = median(c.runs.iter().map(|r| r.dut_busy).collect());
+            let ns = median(c.runs.iter().map(|r| r.dut_ns_per_packet).collect());
+            let per_core = c.median_mpps_per_dut_core;
+            let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".into(), f);
             let _ = writeln!(
                 out,
-                "| {} | {services} | {} | {mpps} | {} | {} | {} | {} |",
+                "| {} | {services} | {} | {mpps} | {} | {} | {} | {} | {} | {} | {} |",
                 c.mode.name(),
                 c.flows,
                 runs.join(", "),
@@ -238,6 +280,9 @@ impl Report {
                 } else {
                     "-".into()
                 },
+                opt(busy, &|b| format!("{:.0}%", b * 100.0)),
+                opt(ns, &|n| format!("{n:.0}")),
+                opt(per_core, &|m| format!("{m:.3}")),
             );
         }
         if self.cases.iter().any(|c| c.latency.is_some()) {
@@ -274,17 +319,18 @@ impl Report {
         keys.sort_unstable();
         keys.dedup();
         if !keys.is_empty() {
-            out.push_str("\n| Services | flows | kxdp / kernel-iptables | kxdp / kernel-nftables | kxdp / kxdp-null | kxdp-null / direct |\n");
-            out.push_str("|---:|---:|---:|---:|---:|---:|\n");
+            out.push_str("\n| Services | flows | kxdp / kernel-iptables | kxdp / kernel-nftables | kxdp / kxdp-null | kxdp-null / direct | per DUT core: kxdp / kernel-iptables | kxdp / kernel-nftables |\n");
+            out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
                 _ => "-".into(),
             };
             for (n, f) in keys {
                 let kxdp = self.mpps(Mode::Kxdp, n, f);
+                let kxdp_core = self.per_core(Mode::Kxdp, n, f);
                 let _ = writeln!(
                     out,
-                    "| {n} | {f} | {} | {} | {} | {} |",
+                    "| {n} | {f} | {} | {} | {} | {} | {} | {} |",
                     ratio(kxdp, self.mpps(Mode::KernelIptables, n, f)),
                     ratio(kxdp, self.mpps(Mode::KernelNftables, n, f)),
                     ratio(kxdp, self.mpps(Mode::KxdpNull, 0, f)),
@@ -292,6 +338,8 @@ impl Report {
                         self.mpps(Mode::KxdpNull, 0, f),
                         self.mpps(Mode::Direct, 0, f)
                     ),
+                    ratio(kxdp_core, self.per_core(Mode::KernelIptables, n, f)),
+                    ratio(kxdp_core, self.per_core(Mode::KernelNftables, n, f)),
                 );
             }
         }
@@ -333,9 +381,36 @@ mod tests {
     }
 
     #[test]
+    fn dut_core_cost_comes_from_the_busy_ticks_of_the_run() {
+        let g = GenReport {
+            generator: "afxdp-copy".into(),
+            sent: 200_000,
+            tx_dropped: 0,
+            secs: 2.0,
+        };
+        let before = Counters {
+            dut_busy_ticks: 1000,
+            dut_total_ticks: 5000,
+            ..Counters::default()
+        };
+        // 100 of 200 ticks busy (1 s of CPU at USER_HZ 100), 200k delivered.
+        let after = Counters {
+            sink_rx: 200_000,
+            dut_busy_ticks: 1100,
+            dut_total_ticks: 5200,
+            ..Counters::default()
+        };
+        let r = RunResult::from_counters(&g, &before, &after);
+        assert!((r.mpps - 0.1).abs() < 1e-9);
+        assert!((r.dut_busy - 0.5).abs() < 1e-9);
+        assert!((r.dut_ns_per_packet - 5000.0).abs() < 1e-6);
+        assert!((r.mpps_per_dut_core - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
     fn markdown_has_a_row_per_case_and_the_ratios() {
         let cfg = BenchConfig::default();
-        let run = |mpps: f64| RunResult {
+        let run = |mpps: f64, busy: f64| RunResult {
             sent: 1_000_000,
             gen_tx_dropped: 0,
             secs: 1.0,
@@ -345,10 +420,19 @@ mod tests {
             dut_out: 0,
             kernel_drops: 0,
             mpps,
+            dut_busy: busy,
+            dut_ns_per_packet: busy * 1e9 / (mpps * 1e6),
+            mpps_per_dut_core: mpps / busy,
         };
         let case = |mode, services, mpps| {
             let mut c = CaseResult::new(&cfg, mode, services, 1);
-            c.runs.push(run(mpps));
+            // The kernel path leaves half its core idle here.
+            let busy = if mode == Mode::KernelIptables {
+                0.5
+            } else {
+                1.0
+            };
+            c.runs.push(run(mpps, busy));
             c.finish();
             c
         };
@@ -364,7 +448,7 @@ mod tests {
         let md = report.markdown();
         assert!(md.contains("| kxdp | 100 | 1 | 0.450 |"), "{md}");
         assert!(
-            md.contains("| 100 | 1 | 1.50x | - | 0.75x | 0.60x |"),
+            md.contains("| 100 | 1 | 1.50x | - | 0.75x | 0.60x | 0.75x | - |"),
             "{md}"
         );
         assert!(report.cases.iter().all(CaseResult::delivered_packets));

@@ -51,6 +51,28 @@ pub struct Counters {
     pub dut_out: u64,
     /// Drops the kernel counted on the generator's veth and node-a.
     pub drops: u64,
+    /// The DUT core's busy and total time in clock ticks (`/proc/stat`):
+    /// everything it ran, user, system, softirq and irq alike.
+    pub dut_busy_ticks: u64,
+    pub dut_total_ticks: u64,
+}
+
+/// `(busy, total)` clock ticks of `cpu` from `/proc/stat` text: busy is
+/// user + nice + system + irq + softirq + steal; total adds idle and
+/// iowait.
+pub fn cpu_ticks(proc_stat: &str, cpu: usize) -> Option<(u64, u64)> {
+    let name = format!("cpu{cpu}");
+    let line = proc_stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let f = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = f(0) + f(1) + f(2) + f(5) + f(6) + f(7);
+    Some((busy, busy + f(3) + f(4)))
 }
 
 /// UDP sockets on port 8080 in the sink pods, so the sink's kernel neither
@@ -176,6 +198,7 @@ pub struct Testbed {
     topo: Topology,
     dir: ScratchDir,
     gen_core: usize,
+    dut_core: usize,
     generator: GeneratorKind,
     frame_len: usize,
     endpoints: usize,
@@ -230,6 +253,7 @@ impl Testbed {
             topo,
             dir,
             gen_core: cfg.gen_core,
+            dut_core: cfg.dut_core,
             generator: cfg.generator,
             frame_len: cfg.frame_len,
             endpoints: cfg.endpoints,
@@ -716,6 +740,13 @@ impl Testbed {
     /// Current counters.
     pub fn counters(&self) -> Counters {
         let mut c = Counters::default();
+        if let Some((busy, total)) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| cpu_ticks(&t, self.dut_core))
+        {
+            c.dut_busy_ticks = busy;
+            c.dut_total_ticks = total;
+        }
         for p in self.topo.pods.iter().filter(|p| p.node == 1) {
             c.sink_rx += link_stats(&p.ns, "eth0").map(|s| s.rx_packets).unwrap_or(0);
             c.sink_udp += udp_delivered(&p.ns).unwrap_or(0);
@@ -993,6 +1024,14 @@ mod tests {
             ]
         );
         assert!(socket_stat_lines("not json").is_empty());
+    }
+
+    #[test]
+    fn cpu_ticks_sum_busy_fields_of_the_named_cpu() {
+        let stat = "cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 10 0 20 100 5 1 2 0 0 0\ncpu1 1 1 1 50 0 0 7 0 0 0\nintr 1\n";
+        assert_eq!(cpu_ticks(stat, 0), Some((33, 138)));
+        assert_eq!(cpu_ticks(stat, 1), Some((10, 60)));
+        assert_eq!(cpu_ticks(stat, 2), None);
     }
 
     #[test]
