@@ -211,6 +211,7 @@ pub fn worker_stats_json(s: &WorkerSnapshot) -> serde_json::Value {
                 "pool_empty": st.pool_empty,
                 "wakeups": st.wakeups,
                 "busy_polls": st.busy_polls,
+                "busy_poll_unavailable": st.busy_poll_unavailable,
             })
         })
         .collect();

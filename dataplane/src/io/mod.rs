@@ -148,6 +148,9 @@ pub struct PortStats {
     pub wakeups: u64,
     /// Busy polls issued (the worker running the device's NAPI).
     pub busy_polls: u64,
+    /// Busy polling was asked for but the device gives no NAPI id, so the
+    /// port stopped (see `afxdp`).
+    pub busy_poll_unavailable: bool,
     /// Kernel: received packets dropped because the rx ring was full.
     pub rx_ring_full: u64,
     /// Kernel: times the fill ring was found empty.

@@ -570,6 +570,9 @@ pub struct AfXdpPort {
     core: PortCore<FrameDesc>,
     rx_scratch: Vec<FrameDesc>,
     stats: PortStats,
+    /// With busy polling: whether the kernel's NAPI id of the socket was
+    /// checked yet (after the first packet, see [`AfXdpPort::recv_batch`]).
+    napi_checked: bool,
 }
 
 impl std::fmt::Debug for AfXdpPort {
@@ -648,6 +651,7 @@ impl AfXdpPort {
             core: PortCore::registered(limits, &mut store.pool),
             rx_scratch: vec![FrameDesc::default(); cfg.rx_batch.max(1)],
             stats: PortStats::default(),
+            napi_checked: false,
         };
         port.core.refill(&mut port.rings, &mut store.pool);
         Ok(port)
@@ -710,6 +714,57 @@ impl AfXdpPort {
     }
 }
 
+impl AfXdpPort {
+    /// Busy polling needs the NAPI id the kernel records on the socket
+    /// from the first packet it delivers (`sk_mark_napi_id_once_xdp`, from
+    /// the device's `xdp_rxq_info`). A device that registers its receive
+    /// queue without one (veth on some kernels) leaves it 0: `recvfrom`
+    /// then polls nothing and only costs a syscall per receive, so this
+    /// port stops busy polling and says so.
+    fn check_busy_poll(&mut self) {
+        let fd = self.rings.rx.fd().as_raw_fd();
+        match napi_id(fd) {
+            Ok(0) => {
+                self.core.stop_busy_polling();
+                self.stats.busy_poll_unavailable = true;
+                tracing::warn!(
+                    ifname = %self.ifname,
+                    queue = self.queue,
+                    "busy polling unavailable: the device gave the socket no NAPI id; the kernel's NAPI keeps receiving"
+                );
+            }
+            Ok(id) => {
+                tracing::info!(ifname = %self.ifname, queue = self.queue, napi_id = id, "busy polling");
+            }
+            Err(e) => {
+                tracing::warn!(ifname = %self.ifname, error = %e, "reading SO_INCOMING_NAPI_ID");
+            }
+        }
+    }
+}
+
+/// `getsockopt(SO_INCOMING_NAPI_ID)`: the NAPI instance that delivered the
+/// socket's packets (0: none recorded).
+fn napi_id(fd: RawFd) -> std::io::Result<u32> {
+    let mut id: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `id`/`len` are valid out-pointers of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_NAPI_ID,
+            (&mut id as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(id)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// `getsockopt(XDP_OPTIONS)`: whether the socket runs in zero-copy mode.
 fn xdp_zero_copy(fd: RawFd) -> bool {
     let mut opts: u32 = 0;
@@ -749,6 +804,10 @@ impl Port for AfXdpPort {
             let buf = store.token(*desc);
             self.stats.rx_bytes += buf.len as u64;
             out.push(buf);
+        }
+        if n > 0 && !self.napi_checked && self.core.busy_polling() {
+            self.napi_checked = true;
+            self.check_busy_poll();
         }
         n
     }

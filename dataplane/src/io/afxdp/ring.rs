@@ -296,6 +296,16 @@ impl<D: FrameId> PortCore<D> {
         self.counters
     }
 
+    /// Whether `recv` drives the device's NAPI ([`CoreLimits::busy_poll`]).
+    pub fn busy_polling(&self) -> bool {
+        self.limits.busy_poll
+    }
+
+    /// Stops busy polling (the device turned out not to support it).
+    pub fn stop_busy_polling(&mut self) {
+        self.limits.busy_poll = false;
+    }
+
     pub fn fill_outstanding(&self) -> u32 {
         self.fill_outstanding
     }
