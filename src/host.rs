@@ -18,6 +18,14 @@
 //!   answer lands in the table, since the steering program passes ARP on the
 //!   uplink to the kernel).
 //!
+//! - **On demand** ([`OnDemandResolver`]): next hops the workers found
+//!   missing (`neighbour-unresolved`, signalled through
+//!   [`NeighbourRequests`]) are mapped to the uplink next hop the kernel
+//!   would use (`ip route get`: the gateway, or the address itself when on
+//!   link), resolved as above, and the uplink's neighbour table is polled
+//!   every [`ON_DEMAND_POLL`] for up to [`ON_DEMAND_WAIT`] so the main loop
+//!   rescans as soon as the answer is in, not at the next periodic scan.
+//!
 //! - **Local addresses**: every IPv4 address configured in the namespace
 //!   but loopback ones, i.e. what the kernel delivers locally. Pods reach
 //!   these through the steering program's host path.
@@ -29,8 +37,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kxdp_dataplane::tables::{MacAddr, NeighbourTable, PodInterface};
+use kxdp_dataplane::worker::NeighbourRequests;
 use serde_json::Value;
 
 /// Errors of host discovery.
@@ -448,20 +458,222 @@ impl HostScanner {
             if view.neighbours.lookup(ip).is_some() || view.uplink.addrs.contains(&ip) {
                 continue;
             }
-            let ip_s = ip.to_string();
-            let res = Command::new("ip")
-                .args(["neigh", "replace", &ip_s, "dev", &self.uplink, "use"])
-                .output();
-            match res {
-                Ok(o) if o.status.success() => tracing::debug!(%ip, "neighbour resolution started"),
-                Ok(o) => tracing::debug!(
+            self.resolve_one(ip);
+        }
+    }
+
+    /// Starts kernel resolution of `ip` on the uplink; true when the
+    /// kernel accepted the request.
+    pub fn resolve_one(&self, ip: Ipv4Addr) -> bool {
+        let ip_s = ip.to_string();
+        let res = Command::new("ip")
+            .args(["neigh", "replace", &ip_s, "dev", &self.uplink, "use"])
+            .output();
+        match res {
+            Ok(o) if o.status.success() => {
+                tracing::debug!(%ip, "neighbour resolution started");
+                true
+            }
+            Ok(o) => {
+                tracing::debug!(
                     %ip,
                     stderr = %String::from_utf8_lossy(&o.stderr).trim(),
                     "neighbour resolution request refused"
-                ),
-                Err(e) => tracing::debug!(%ip, error = %e, "running ip neigh"),
+                );
+                false
+            }
+            Err(e) => {
+                tracing::debug!(%ip, error = %e, "running ip neigh");
+                false
             }
         }
+    }
+
+    /// The uplink next hop the kernel uses toward `dst` (`ip route get`):
+    /// its gateway, or `dst` itself when on link. None when the route is
+    /// not through the uplink (or there is none).
+    pub fn next_hop(&self, dst: Ipv4Addr) -> Result<Option<Ipv4Addr>> {
+        let dst_s = dst.to_string();
+        let v = ip_json(&["-j", "-4", "route", "get", &dst_s])?;
+        Ok(parse_route_get(&v, &self.uplink, dst))
+    }
+
+    /// The usable neighbours on the uplink (one `ip neigh show dev`).
+    pub fn uplink_neighbours(&self) -> Result<Vec<Neighbour>> {
+        Ok(parse_neighbours(&ip_json(&[
+            "-j",
+            "-4",
+            "neigh",
+            "show",
+            "dev",
+            &self.uplink,
+        ])?))
+    }
+}
+
+/// Parses `ip -j -4 route get DST`: the gateway, else `dst`, when the route
+/// leaves through `uplink`.
+pub fn parse_route_get(v: &Value, uplink: &str, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+    let r = v.as_array()?.first()?;
+    if r.get("dev")?.as_str()? != uplink {
+        return None;
+    }
+    if r.get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != "unicast")
+    {
+        return None;
+    }
+    match r.get("gateway").and_then(Value::as_str) {
+        Some(g) => g.parse().ok(),
+        None => Some(dst),
+    }
+}
+
+/// How often [`OnDemandResolver`] polls the uplink's neighbour table while
+/// a resolution is in flight.
+pub const ON_DEMAND_POLL: Duration = Duration::from_millis(5);
+/// How long it polls for one next hop (the kernel keeps trying after
+/// that; the next periodic scan or request picks the answer up).
+pub const ON_DEMAND_WAIT: Duration = Duration::from_millis(500);
+/// A destination is not resolved anew within this time (workers ask again
+/// for every packet that finds no neighbour).
+const ON_DEMAND_REPEAT: Duration = Duration::from_secs(1);
+
+/// Serves the workers' neighbour requests in the main loop (see the module
+/// docs). Bounded: at most [`kxdp_dataplane::worker::neighbour::SLOTS`]
+/// requests per drain, each destination at most once per
+/// `ON_DEMAND_REPEAT`, polling for `ON_DEMAND_WAIT`.
+#[derive(Debug)]
+pub struct OnDemandResolver {
+    requests: Arc<NeighbourRequests>,
+    /// Next hops being resolved, since when.
+    in_flight: Vec<(Ipv4Addr, Instant)>,
+    /// Destinations handled recently, when.
+    recent: HashMap<Ipv4Addr, Instant>,
+    drained: Vec<Ipv4Addr>,
+    /// Next hops whose resolution was started.
+    pub started: u64,
+    /// ... that showed up in the neighbour table while polled.
+    pub resolved: u64,
+}
+
+impl OnDemandResolver {
+    /// Serves `requests`.
+    pub fn new(requests: Arc<NeighbourRequests>) -> Self {
+        OnDemandResolver {
+            requests,
+            in_flight: Vec::new(),
+            recent: HashMap::new(),
+            drained: Vec::new(),
+            started: 0,
+            resolved: 0,
+        }
+    }
+
+    /// The request set the workers signal to.
+    pub fn requests(&self) -> &Arc<NeighbourRequests> {
+        &self.requests
+    }
+
+    /// Takes the place of the main loop's sleep: waits up to `budget`,
+    /// serving requests as they come (`view` is the latest scan), and
+    /// returns true as soon as a next hop being resolved has a usable
+    /// neighbour entry (the caller rescans the host now).
+    pub fn serve(&mut self, scanner: &HostScanner, view: &HostView, budget: Duration) -> bool {
+        let deadline = Instant::now() + budget;
+        let mut last_poll: Option<Instant> = None;
+        loop {
+            if self.requests.is_pending() {
+                self.start(scanner, view);
+            }
+            let now = Instant::now();
+            if !self.in_flight.is_empty()
+                && last_poll.is_none_or(|t| now.duration_since(t) >= ON_DEMAND_POLL)
+            {
+                last_poll = Some(now);
+                if self.poll(scanner) {
+                    return true;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            // Idle, a request is noticed within 5 ms: 200 wakeups a second
+            // of this thread, nothing on the workers.
+            self.requests
+                .wait(ON_DEMAND_POLL.min(deadline - now), Duration::from_millis(5));
+        }
+    }
+
+    /// Drains the requests and starts resolution of their next hops.
+    fn start(&mut self, scanner: &HostScanner, view: &HostView) {
+        self.drained.clear();
+        self.requests.drain(&mut self.drained);
+        let now = Instant::now();
+        self.recent
+            .retain(|_, t| now.duration_since(*t) < ON_DEMAND_REPEAT);
+        for &dst in &self.drained {
+            if self.recent.contains_key(&dst) {
+                continue;
+            }
+            self.recent.insert(dst, now);
+            let hop = match scanner.next_hop(dst) {
+                Ok(Some(hop)) => hop,
+                Ok(None) => {
+                    tracing::debug!(%dst, "no next hop on the uplink");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(%dst, error = %e, "route lookup");
+                    continue;
+                }
+            };
+            // Known to the last scan but not yet to the tables the worker
+            // read: that scan already asked for the publish that brings it.
+            if view.uplink.addrs.contains(&hop)
+                || view.neighbours.lookup(hop).is_some()
+                || self.in_flight.iter().any(|(h, _)| *h == hop)
+                || !scanner.resolve_one(hop)
+            {
+                continue;
+            }
+            tracing::debug!(%dst, %hop, "resolving on demand");
+            self.started += 1;
+            self.in_flight.push((hop, now));
+        }
+    }
+
+    /// One look at the uplink's neighbours; true when an in-flight next
+    /// hop has resolved.
+    fn poll(&mut self, scanner: &HostScanner) -> bool {
+        let found = match scanner.uplink_neighbours() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "polling neighbours");
+                Vec::new()
+            }
+        };
+        let mut resolved = 0;
+        self.in_flight.retain(|(hop, since)| {
+            if found.iter().any(|n| n.ip == *hop) {
+                tracing::info!(
+                    %hop,
+                    after_ms = since.elapsed().as_millis() as u64,
+                    "next hop resolved on demand"
+                );
+                resolved += 1;
+                return false;
+            }
+            let waiting = since.elapsed() < ON_DEMAND_WAIT;
+            if !waiting {
+                tracing::debug!(%hop, "next hop not resolved yet; left to the periodic scan");
+            }
+            waiting
+        });
+        self.resolved += resolved;
+        resolved > 0
     }
 }
 
@@ -619,6 +831,29 @@ mod tests {
             &HashMap::new(),
         );
         assert!(matches!(r, Err(HostError::UplinkMac { .. })));
+    }
+
+    #[test]
+    fn route_get_names_the_gateway_or_the_on_link_destination() {
+        let dst = Ipv4Addr::new(192, 168, 50, 100);
+        let on_link = serde_json::json!([
+            {"dst":"192.168.50.100","dev":"eth0","prefsrc":"192.168.50.1","flags":[],"uid":0,"cache":[]}
+        ]);
+        assert_eq!(parse_route_get(&on_link, "eth0", dst), Some(dst));
+        let far = Ipv4Addr::new(8, 8, 8, 8);
+        let via = serde_json::json!([
+            {"dst":"8.8.8.8","gateway":"192.168.50.254","dev":"eth0","prefsrc":"192.168.50.1","flags":[]}
+        ]);
+        assert_eq!(
+            parse_route_get(&via, "eth0", far),
+            Some(Ipv4Addr::new(192, 168, 50, 254))
+        );
+        assert_eq!(parse_route_get(&via, "eth1", far), None, "not the uplink");
+        let local = serde_json::json!([
+            {"type":"local","dst":"192.168.50.1","dev":"lo","prefsrc":"192.168.50.1","flags":[]}
+        ]);
+        assert_eq!(parse_route_get(&local, "eth0", dst), None);
+        assert_eq!(parse_route_get(&Value::Null, "eth0", dst), None);
     }
 
     #[test]

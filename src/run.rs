@@ -97,13 +97,14 @@ use kxdp_dataplane::tables::{
 use kxdp_dataplane::worker::afxdp::AfXdpFactory;
 use kxdp_dataplane::worker::stats::merge;
 use kxdp_dataplane::worker::{
-    self, monotonic_ns, Forwarding, IdlePolicy, SharedStats, WorkerConfig, WorkerHandle,
+    self, monotonic_ns, Forwarding, IdlePolicy, NeighbourRequests, SharedStats, WorkerConfig,
+    WorkerHandle,
 };
 use kxdp_ffi::xdp::{
     AttachMode, Interface, LoadOptions, Proto, Role, SteeringProgram, UplinkConfig,
 };
 
-use crate::host::{HostScanner, HostView};
+use crate::host::{HostScanner, HostView, OnDemandResolver};
 use crate::napi::{self, NapiSettings, SavedNapi};
 
 /// How long a worker may take to open or close a socket.
@@ -730,7 +731,7 @@ fn spawn_worker(
 ) -> Result<WorkerHandle<AfXdpFactory>> {
     let ct = Arc::new(Conntrack::new(CtConfig::new(args.conntrack_size)));
     let aff = Arc::new(AffinityTable::new(args.conntrack_size / 4, None));
-    spawn_worker_with(args, reader, forwarding, ct, aff)
+    spawn_worker_with(args, reader, forwarding, ct, aff, None)
 }
 
 fn spawn_worker_with(
@@ -739,10 +740,12 @@ fn spawn_worker_with(
     forwarding: Forwarding,
     ct: Arc<Conntrack>,
     aff: Arc<AffinityTable>,
+    neighbour_requests: Option<Arc<NeighbourRequests>>,
 ) -> Result<WorkerHandle<AfXdpFactory>> {
     let mut cfg = WorkerConfig::new(0);
     cfg.core = args.cores.first().copied();
     cfg.forwarding = forwarding;
+    cfg.neighbour_requests = neighbour_requests;
     if args.no_idle_sleep {
         cfg.idle = IdlePolicy {
             spin: 0,
@@ -1065,7 +1068,16 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         }
     };
 
-    let worker = spawn_worker_with(args, reader, Forwarding::Pipeline, ct.clone(), aff.clone())?;
+    // Next hops the worker finds missing, resolved on demand in the loop.
+    let mut on_demand = OnDemandResolver::new(Arc::new(NeighbourRequests::new()));
+    let worker = spawn_worker_with(
+        args,
+        reader,
+        Forwarding::Pipeline,
+        ct.clone(),
+        aff.clone(),
+        Some(on_demand.requests().clone()),
+    )?;
     metrics.set_packet_counters(Arc::new(WorkerPackets(vec![worker.stats()])));
     dataplane_view.set_workers(vec![worker.stats()]);
     let mut dp = Dataplane {
@@ -1115,7 +1127,9 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     let started = Instant::now();
 
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(TICK);
+        // The tick's sleep, serving the worker's neighbour requests; a next
+        // hop that resolved meanwhile is scanned (and published) now.
+        let neighbour_resolved = on_demand.serve(&scanner, &view, TICK);
         let now = monotonic_ns();
         ct.gc(now, gc_budget);
         aff.gc(now, gc_budget);
@@ -1140,7 +1154,7 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
                 scanner.resolve(&view, hops);
             }
         }
-        if last_scan.elapsed() >= rescan {
+        if neighbour_resolved || last_scan.elapsed() >= rescan {
             last_scan = Instant::now();
             match scanner.scan() {
                 Ok(new) => {

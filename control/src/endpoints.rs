@@ -30,14 +30,19 @@
 //! Derived slices are named `<service>-kxdp-<n>` and carry the label
 //! `endpointslice.kubernetes.io/managed-by: kxdp.derived`. The cost is
 //! linear in Pods plus matches: pods are indexed by namespace and label.
+//! [`derive_for_service`] derives one Service's slices (what the
+//! incremental compiler needs after a change) by scanning the pods of its
+//! namespace only; both give the same slices.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::model::ClusterState;
 
@@ -49,7 +54,7 @@ pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY_KXDP: &str = "kxdp.derived";
 
 /// The Services (namespace, name) that have at least one EndpointSlice.
-pub fn services_with_slices(state: &ClusterState) -> HashSet<(&str, &str)> {
+pub fn services_with_slices(state: &ClusterState) -> FxHashSet<(&str, &str)> {
     state
         .endpoint_slices
         .iter()
@@ -137,12 +142,12 @@ fn resolve_port(sp: &ServicePort, pod: &Pod) -> Option<i32> {
 /// Pods of one namespace indexed by each label pair.
 #[derive(Default)]
 struct PodIndex<'a> {
-    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Pod>>,
+    by_label: FxHashMap<(&'a str, &'a str, &'a str), Vec<&'a Pod>>,
 }
 
 impl<'a> PodIndex<'a> {
     fn new(state: &'a ClusterState) -> Self {
-        let mut by_label: HashMap<(&str, &str, &str), Vec<&Pod>> = HashMap::new();
+        let mut by_label: FxHashMap<(&str, &str, &str), Vec<&Pod>> = FxHashMap::default();
         for ((ns, _), pod) in &state.pods {
             for (k, v) in pod.metadata.labels.iter().flatten() {
                 by_label
@@ -177,6 +182,15 @@ impl<'a> PodIndex<'a> {
     }
 }
 
+/// The Service's selector when it is one the controller acts on
+/// (present and not empty).
+pub fn service_selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty())
+}
+
 /// Synthetic EndpointSlices for every selector Service without one (see
 /// the module doc), in Service order.
 pub fn derive_endpoint_slices(state: &ClusterState) -> Vec<EndpointSlice> {
@@ -187,16 +201,43 @@ pub fn derive_endpoint_slices(state: &ClusterState) -> Vec<EndpointSlice> {
         if have.contains(&(ns.as_str(), name.as_str())) {
             continue;
         }
-        let Some(selector) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
+        let Some(selector) = service_selector(svc) else {
             continue;
         };
-        if selector.is_empty() {
-            continue;
-        }
         let pods = index.matching(ns, selector);
         out.extend(slices_for(ns, name, svc, &pods));
     }
     out
+}
+
+/// The derived slices of one Service `ns/name` that has no EndpointSlice
+/// of its own (the caller knows; see [`services_with_slices`]): the same
+/// slices [`derive_endpoint_slices`] gives for it. Cost: the pods of `ns`.
+pub fn derive_for_service(
+    state: &ClusterState,
+    ns: &str,
+    name: &str,
+    svc: &Service,
+) -> Vec<EndpointSlice> {
+    let Some(selector) = service_selector(svc) else {
+        return Vec::new();
+    };
+    let pods: Vec<&Pod> = pods_in_namespace(state, ns)
+        .filter(|p| selector_matches(selector, p.metadata.labels.as_ref()))
+        .collect();
+    slices_for(ns, name, svc, &pods)
+}
+
+/// The pods of namespace `ns`, in name order.
+pub fn pods_in_namespace<'a>(
+    state: &'a ClusterState,
+    ns: &'a str,
+) -> impl Iterator<Item = &'a Pod> + 'a {
+    state
+        .pods
+        .range((ns.to_string(), String::new())..)
+        .take_while(move |((pns, _), _)| pns == ns)
+        .map(|(_, p)| p)
 }
 
 fn slices_for(ns: &str, name: &str, svc: &Service, pods: &[&Pod]) -> Vec<EndpointSlice> {

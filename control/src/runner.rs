@@ -22,7 +22,10 @@
 //!   since the previous sync, whether sources are healthy or not, and is
 //!   full.
 //! - Each successful compile is published with one atomic store
-//!   ([`TableSlot`]); generations count up by one per publish.
+//!   ([`TableSlot`]); generations count up by one per publish. The
+//!   generation a publish replaces is freed on a reclaim thread once no
+//!   reader holds it any more, so neither the runner nor a worker (the last
+//!   reader to drop a generation would otherwise free it) pays for it.
 //!
 //! The runner is a plain thread: compiles are CPU-bound and must not stall
 //! the sources' async runtime.
@@ -30,7 +33,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -100,6 +103,29 @@ pub type PublishHook = Box<dyn FnMut(&PublishEvent<'_>) + Send>;
 pub struct TableSlot {
     inner: Mutex<Option<(TablePublisher, TableReader)>>,
     published: Condvar,
+    /// Retired generations go to the reclaim thread (started at the
+    /// second publish).
+    reclaim: Mutex<Option<Sender<Arc<TableSet>>>>,
+}
+
+/// How often the reclaim thread looks at generations readers still hold.
+const RECLAIM_POLL: Duration = Duration::from_millis(20);
+
+/// The reclaim thread: keeps retired generations until it holds the last
+/// reference, then drops them (freeing here, not on a worker). Ends when
+/// the slot is dropped; what readers still hold then is freed by them.
+fn reclaim_loop(rx: mpsc::Receiver<Arc<TableSet>>) {
+    let mut retired: Vec<Arc<TableSet>> = Vec::new();
+    loop {
+        match rx.recv_timeout(RECLAIM_POLL) {
+            Ok(t) => retired.push(t),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        // A retired generation is no longer current, so no reader can
+        // start holding it: a count of 1 means only this thread does.
+        retired.retain(|t| Arc::strong_count(t) > 1);
+    }
 }
 
 impl fmt::Debug for TableSlot {
@@ -117,23 +143,55 @@ impl TableSlot {
     }
 
     /// Publish `tables` (one atomic store) and return the published Arc.
+    /// The replaced generation is handed to the reclaim thread.
     pub fn publish(&self, tables: TableSet) -> Arc<TableSet> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = match &*inner {
+        let (current, retired) = match &*inner {
             Some((publisher, _)) => {
-                publisher.publish(tables);
-                publisher.current()
+                let current = Arc::new(tables);
+                let retired = publisher.replace(current.clone());
+                (current, Some(retired))
             }
             None => {
                 let (publisher, reader) = publication(tables);
                 let current = publisher.current();
                 *inner = Some((publisher, reader));
-                current
+                (current, None)
             }
         };
         drop(inner);
         self.published.notify_all();
+        if let Some(old) = retired {
+            self.retire(old);
+        }
         current
+    }
+
+    fn retire(&self, old: Arc<TableSet>) {
+        let mut reclaim = self.reclaim.lock().unwrap_or_else(PoisonError::into_inner);
+        if reclaim.is_none() {
+            let (tx, rx) = mpsc::channel();
+            match std::thread::Builder::new()
+                .name("kxdp-reclaim".into())
+                .spawn(move || reclaim_loop(rx))
+            {
+                Ok(_) => *reclaim = Some(tx),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no reclaim thread; old tables are freed inline");
+                }
+            }
+        }
+        match reclaim.as_ref() {
+            // Only fails when the thread is gone; then `old` drops here.
+            Some(tx) => {
+                if let Err(mpsc::SendError(old)) = tx.send(old) {
+                    *reclaim = None;
+                    drop(reclaim);
+                    drop(old);
+                }
+            }
+            None => drop(old),
+        }
     }
 
     /// The reader, once something was published.
@@ -584,6 +642,29 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// A replaced generation is freed by the reclaim thread once the last
+    /// reader lets go of it, not before; the publisher never frees it.
+    #[test]
+    fn replaced_generations_are_reclaimed_after_their_readers() {
+        let slot = TableSlot::new();
+        slot.publish(tables(1));
+        let reader = slot.reader().expect("reader");
+        // What a worker holds during a batch.
+        let held = reader.load();
+        let gen1 = Arc::downgrade(&held);
+        let gen2 = Arc::downgrade(&slot.publish(tables(2)));
+        slot.publish(tables(3));
+        assert_eq!(slot.current().map(|t| t.generation), Some(3));
+        // Generation 2 had no reader: reclaimed soon.
+        wait_for("generation 2 to be freed", || gen2.upgrade().is_none());
+        // Generation 1 is still held by a reader.
+        std::thread::sleep(RECLAIM_POLL * 3);
+        assert_eq!(gen1.upgrade().map(|t| t.generation), Some(1));
+        drop(held);
+        wait_for("generation 1 to be freed", || gen1.upgrade().is_none());
+        assert_eq!(reader.load().generation, 3);
     }
 
     #[test]

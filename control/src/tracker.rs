@@ -30,8 +30,10 @@ pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-
 #[derive(Debug, Default)]
 pub struct ChangeSet {
     /// Changed keys with the object as it was at the previous sync (None:
-    /// it did not exist). The current object is in the state.
-    pub previous: BTreeMap<(Kind, ObjectKey), Option<Object>>,
+    /// it did not exist). The current object is in the state. Boxed: an
+    /// `Object` is kilobytes inline, and after a relist every key of the
+    /// cluster is here, mostly as None.
+    pub previous: BTreeMap<(Kind, ObjectKey), Option<Box<Object>>>,
     /// Trigger times of the EndpointSlice changes in this set.
     pub trigger_times: Vec<Timestamp>,
 }
@@ -65,7 +67,7 @@ impl ChangeSet {
 #[derive(Debug, Default)]
 pub struct ChangeTracker {
     state: ClusterState,
-    pending: BTreeMap<(Kind, ObjectKey), Option<Object>>,
+    pending: BTreeMap<(Kind, ObjectKey), Option<Box<Object>>>,
     trigger_times: BTreeMap<ObjectKey, Timestamp>,
 }
 
@@ -117,6 +119,9 @@ impl ChangeTracker {
     /// Replace every object of `kind` with `objects` (a relist). Keys that
     /// are not listed are deleted. Returns the number of real changes.
     pub fn replace(&mut self, kind: Kind, objects: Vec<Object>) -> usize {
+        if self.count(kind) == 0 && !self.pending_of(kind) {
+            return self.fill(kind, objects);
+        }
         let mut listed: BTreeMap<ObjectKey, Object> = BTreeMap::new();
         for obj in objects {
             if obj.kind() == kind {
@@ -134,6 +139,34 @@ impl ChangeTracker {
         }
         for (key, obj) in listed {
             changed += usize::from(self.set(kind, key, Some(obj)));
+        }
+        changed
+    }
+
+    /// True when a change of `kind` is pending.
+    fn pending_of(&self, kind: Kind) -> bool {
+        self.pending
+            .range((kind, (String::new(), String::new()))..)
+            .next()
+            .is_some_and(|((k, _), _)| *k == kind)
+    }
+
+    /// [`replace`](Self::replace) into an empty kind with nothing pending
+    /// (the first list): every listed object is new, so each is moved into
+    /// the state once, without the comparisons and the intermediate map
+    /// (objects are kilobytes each; a first list is the whole cluster).
+    fn fill(&mut self, kind: Kind, objects: Vec<Object>) -> usize {
+        let mut changed = 0;
+        for obj in objects {
+            if obj.kind() != kind {
+                continue;
+            }
+            let key = obj.key();
+            // A key listed twice: the last copy wins, as in `replace`.
+            if self.store(kind, &key, Some(obj)).is_none() {
+                self.pending.insert((kind, key), None);
+                changed += 1;
+            }
         }
         changed
     }
@@ -209,23 +242,55 @@ impl ChangeTracker {
     }
 
     /// Store `new` under `key`; record the change unless it is a no-op.
+    /// Objects are compared in place and moved, never cloned: a relist of
+    /// the whole cluster must not hold two copies of it.
     fn set(&mut self, kind: Kind, key: ObjectKey, new: Option<Object>) -> bool {
-        let old = self.store(kind, &key, new.clone());
-        if old == new {
+        if self.stored_equals(kind, &key, new.as_ref()) {
             return false;
         }
         let slot = (kind, key);
         match self.pending.get(&slot) {
             // Back to what the last sync saw: not a change any more.
-            Some(previous) if *previous == new => {
+            Some(previous) if previous.as_deref() == new.as_ref() => {
                 self.pending.remove(&slot);
+                self.store(kind, &slot.1, new);
             }
-            Some(_) => {}
+            Some(_) => {
+                self.store(kind, &slot.1, new);
+            }
             None => {
-                self.pending.insert(slot, old);
+                let old = self.store(kind, &slot.1, new);
+                self.pending.insert(slot, old.map(Box::new));
             }
         }
         true
+    }
+
+    /// True when the state holds exactly `obj` under `key` (both None:
+    /// absent).
+    fn stored_equals(&self, kind: Kind, key: &ObjectKey, obj: Option<&Object>) -> bool {
+        let s = &self.state;
+        match (kind, obj) {
+            (Kind::Namespace, Some(Object::Namespace(o))) => s.namespaces.get(&key.1) == Some(o),
+            (Kind::Namespace, None) => !s.namespaces.contains_key(&key.1),
+            (Kind::Node, Some(Object::Node(o))) => s.nodes.get(&key.1) == Some(o),
+            (Kind::Node, None) => !s.nodes.contains_key(&key.1),
+            (Kind::Pod, Some(Object::Pod(o))) => s.pods.get(key) == Some(o),
+            (Kind::Pod, None) => !s.pods.contains_key(key),
+            (Kind::Service, Some(Object::Service(o))) => s.services.get(key) == Some(o),
+            (Kind::Service, None) => !s.services.contains_key(key),
+            (Kind::EndpointSlice, Some(Object::EndpointSlice(o))) => {
+                s.endpoint_slices.get(key) == Some(o)
+            }
+            (Kind::EndpointSlice, None) => !s.endpoint_slices.contains_key(key),
+            (Kind::NetworkPolicy, Some(Object::NetworkPolicy(o))) => {
+                s.network_policies.get(key) == Some(o)
+            }
+            (Kind::NetworkPolicy, None) => !s.network_policies.contains_key(key),
+            // An object of another kind is stored as a removal (see
+            // `store`); it equals the state when the key is absent.
+            (_, Some(_)) => self.stored_equals(kind, key, None),
+        }
     }
 
     /// Put `new` into the state (or remove the key) and return what was there.
@@ -332,8 +397,8 @@ mod tests {
         t.apply(svc("a", "10.96.0.3"));
         let c = t.take_changes();
         assert_eq!(
-            c.previous[&(Kind::Service, key("a"))],
-            Some(svc("a", "10.96.0.1"))
+            c.previous[&(Kind::Service, key("a"))].as_deref(),
+            Some(&svc("a", "10.96.0.1"))
         );
         assert_eq!(
             t.state().services[&key("a")]
@@ -362,6 +427,51 @@ mod tests {
         assert_eq!(keys, vec![key("b"), key("c")]);
         assert_eq!(t.count(Kind::Service), 2);
         assert_eq!(c.kinds(), BTreeSet::from([Kind::Service]));
+    }
+
+    #[test]
+    fn first_list_records_every_object_once() {
+        let mut t = ChangeTracker::new();
+        // A pending delete of another kind does not matter; a key listed
+        // twice counts once and keeps its last copy.
+        let n = t.replace(
+            Kind::Service,
+            vec![
+                svc("a", "10.96.0.1"),
+                svc("b", "10.96.0.2"),
+                svc("a", "10.96.0.9"),
+            ],
+        );
+        assert_eq!(n, 2);
+        let c = t.take_changes();
+        assert_eq!(c.len(), 2);
+        assert!(c.previous.values().all(Option::is_none));
+        assert_eq!(
+            t.state().services[&key("a")]
+                .spec
+                .as_ref()
+                .and_then(|s| s.cluster_ip.as_deref()),
+            Some("10.96.0.9")
+        );
+        // The same list again: nothing changed.
+        assert_eq!(
+            t.replace(
+                Kind::Service,
+                vec![svc("a", "10.96.0.9"), svc("b", "10.96.0.2")]
+            ),
+            0
+        );
+        // Emptied with its deletes still pending: the general path, which
+        // cancels delete + re-add.
+        assert_eq!(t.replace(Kind::Service, vec![]), 2);
+        assert_eq!(
+            t.replace(
+                Kind::Service,
+                vec![svc("a", "10.96.0.9"), svc("b", "10.96.0.2")]
+            ),
+            2
+        );
+        assert!(!t.has_changes());
     }
 
     #[test]

@@ -4,14 +4,19 @@ mod fake_apiserver;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fake_apiserver::harness::{
     assert_log_consistent, fast_runner, fast_source, http_get, Harness, NODE,
 };
 use fake_apiserver::{self as fake, FakeApiServer};
 use kxdp_control::admin::{start_admin, AdminState};
-use kxdp_control::source::kube::{register_node, KubeSourceConfig, NodeRegistration};
+use kxdp_control::metrics::Metrics;
+use kxdp_control::source::kube::{
+    register_node, start_kube_source, KubeConnect, KubeSourceConfig, NodeRegistration, WatchBackoff,
+};
+use kxdp_control::source::{self, Kind, Object, SourceEvent};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -187,48 +192,110 @@ fn register_node_patches_flannel_annotations() {
     assert!(err.to_string().contains("ghost"), "{err}");
 }
 
-/// Known gap (found by `tests/e2e_kube_source.rs`): after an outage the
-/// `/version` probe marks the source healthy as soon as the API server
-/// answers, while the watchers still sit in their backoff before the relist
-/// that brings their view up to date. In that window the runner's periodic
-/// resync may re-stamp `/healthz` as fresh from the pre-outage state. The
-/// contract ("tables are never re-stamped as fresh from a view that may be
-/// stale") wants health back only once every watcher has recovered (listed
-/// or resumed its watch) after its last failure.
+/// Found by `tests/e2e_kube_source.rs`: after an outage the `/version`
+/// probe used to mark the source healthy as soon as the API server
+/// answered, while the watchers still sat in their backoff before the relist
+/// that brings their view up to date; in that window the runner's periodic
+/// resync could re-stamp `/healthz` as fresh from the pre-outage state.
+/// Health must come back only once every watcher that failed has re-listed.
+///
+/// Observed on the source's own event stream (no runner): after the API
+/// server is back, the `Health { healthy: true }` report must come after a
+/// complete list (`Relisted`) of every kind, the Services' one holding the
+/// change made while away.
 #[test]
-#[ignore = "known gap in source::kube health: probe success alone restores health"]
 fn health_returns_only_after_every_watcher_recovered() {
     let mut fake = FakeApiServer::start_new();
     seed(&fake, 3);
     let src = KubeSourceConfig {
         // Backoff grows while the API server is away (as the default
         // does, 800 ms .. 30 s); the probe is quick.
-        backoff: kxdp_control::source::kube::WatchBackoff::Exponential {
+        backoff: WatchBackoff::Exponential {
             initial: Duration::from_millis(50),
             max: Duration::from_secs(3),
         },
         probe_interval: Duration::from_millis(100),
         ..fast_source()
     };
-    let h = Harness::start(&fake, fast_runner(), src);
-    h.wait_for(T, "initial publish", |p| p.state_services == services(0..3));
+    let (tx, rx) = source::channel();
+    let _source = start_kube_source(
+        KubeConnect::Config(Box::new(fake.kube_config())),
+        src,
+        tx,
+        Arc::new(Metrics::new()),
+    )
+    .expect("kube source");
+    let next = |what: &str, deadline: Instant| -> SourceEvent {
+        let left = deadline.saturating_duration_since(Instant::now());
+        rx.recv_timeout(left)
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
+    };
+    let deadline = Instant::now() + T;
+    let mut synced = BTreeSet::new();
+    while synced.len() < Kind::ALL.len() {
+        if let SourceEvent::Relisted { kind, .. } = next("initial lists", deadline) {
+            synced.insert(kind);
+        }
+    }
+
     fake.stop();
-    Harness::wait_until(T, "unhealthy", || {
-        h.status.readiness().unhealthy_sources == vec!["kubernetes"]
-    });
-    // Long enough for the watchers' backoff to reach seconds.
+    let deadline = Instant::now() + T;
+    loop {
+        match next("unhealthy", deadline) {
+            SourceEvent::Health { healthy: false, .. } => break,
+            SourceEvent::Health { healthy: true, .. } => panic!("healthy while away"),
+            _ => {}
+        }
+    }
+    // Long enough for the watchers' backoff to reach seconds; every one
+    // fails to resume its watch meanwhile.
     std::thread::sleep(Duration::from_millis(2500));
     add_service(&fake, 7);
     fake.compact();
-    let relists_before = h.metrics.relists(kxdp_control::source::Kind::Service);
+    // Nothing was listed while away.
+    for ev in rx.try_iter() {
+        assert!(
+            !matches!(
+                ev,
+                SourceEvent::Relisted { .. } | SourceEvent::Health { .. }
+            ),
+            "while away: {ev:?}"
+        );
+    }
+
     fake.start();
-    Harness::wait_until(T, "healthy again", || {
-        h.status.readiness().unhealthy_sources.is_empty()
-    });
-    // Health is back: the Service watcher must have relisted by now (the
-    // change made while away needs a relist to be seen).
-    assert!(
-        h.metrics.relists(kxdp_control::source::Kind::Service) > relists_before,
-        "healthy again before the Service watcher relisted"
+    let deadline = Instant::now() + T;
+    let mut relisted = BTreeSet::new();
+    let mut listed_services = BTreeSet::new();
+    loop {
+        match next("healthy again", deadline) {
+            SourceEvent::Health { healthy: true, .. } => break,
+            SourceEvent::Health { healthy: false, .. } => {}
+            SourceEvent::Relisted { kind, objects } => {
+                relisted.insert(kind);
+                if kind == Kind::Service {
+                    listed_services = objects
+                        .iter()
+                        .map(|o| match o {
+                            Object::Service(svc) => format!(
+                                "{}/{}",
+                                svc.metadata.namespace.as_deref().unwrap_or_default(),
+                                svc.metadata.name.as_deref().unwrap_or_default()
+                            ),
+                            other => panic!("not a Service: {other:?}"),
+                        })
+                        .collect();
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        relisted,
+        Kind::ALL.into_iter().collect::<BTreeSet<_>>(),
+        "healthy again before every watcher relisted"
     );
+    let mut want = services(0..3);
+    want.insert("default/s7".to_string());
+    assert_eq!(listed_services, want);
 }

@@ -6,6 +6,7 @@
 //! compile_scale [SHAPE] all      # default: --runs fresh `initial` processes, then `changes`
 //! compile_scale [SHAPE] initial  # one process: time + peak memory of the first compile
 //! compile_scale [SHAPE] changes  # N endpoint changes -> generation seen by a reader thread
+//! compile_scale [SHAPE] changes --full  # the same, each change a full `compile` (the old path)
 //! SHAPE: --services 30000 --endpoints 10 --pods 10000 --policies 1000 --nodes 100 --namespaces 100
 //! ```
 //!
@@ -17,29 +18,43 @@
 //!   memory is the process's `VmHWM` — it includes the `ClusterState` (the
 //!   watchers' object cache, which the daemon holds too) and is also given
 //!   for the state alone.
-//! - `changes`: one EndpointSlice of a different Service per change gets
-//!   one endpoint not ready; the clock starts before the state is edited
-//!   and stops when a reader thread (standing in for a worker, polling
-//!   `TableReader::load` like a worker does once per batch) sees the new
-//!   generation. Each change is a *full* `compile` — the path `kxdp run`
-//!   takes today; the runner's coalescing interval (`min_interval`) is not
-//!   included.
+//! - `changes`: the daemon's path. The synthetic state goes to the sync
+//!   runner (`spawn_runner`) as one snapshot; its compile callback is the
+//!   incremental [`Compiler`]. Then, per change, one EndpointSlice of a
+//!   different Service gets one endpoint not ready, and after that the
+//!   endpoint is made ready again (two one-endpoint changes per Service,
+//!   both measured). The clock starts when the `SourceEvent::Apply` is sent
+//!   to the runner (the object is built before) and stops when a reader
+//!   thread (standing in for a worker, polling `TableReader::load` like a
+//!   worker does once per batch) sees the new generation: change tracking,
+//!   the compile, the publish. The runner's `min_interval` is set to 0
+//!   (the coalescing delay is configuration, not work) and `max_interval`
+//!   to an hour, so no periodic full resync falls into the run.
+//! - `changes --full`: the path before the incremental compiler: the
+//!   benchmark edits the state itself and runs a full `compile` and a
+//!   `publish` per change (the not-ready change only; the restore is not
+//!   compiled on its own).
 //!
 //! Each subcommand prints one JSON line; `all` aggregates them (median of
 //! the runs) and prints a Markdown table.
 
 use std::process::Command;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use kxdp_bench::stats::{median, percentile, self_status_kib, ProcStatusError};
-use kxdp_control::compile::{compile, CompileError, CompileOptions, NodeEnvironment};
+use kxdp_control::compile::{
+    compile, CompileError, CompileOptions, CompileStats, Compiler, NodeEnvironment,
+};
 use kxdp_control::endpoints::derive_endpoint_slices;
+use kxdp_control::metrics::Metrics;
 use kxdp_control::policy::compile_policies;
+use kxdp_control::runner::{spawn_runner, CompileInput, RunnerConfig, Shared, Status, TableSlot};
+use kxdp_control::source::{self, Object, SourceEvent};
 use kxdp_control::testing::{SyntheticCluster, SyntheticError};
-use kxdp_dataplane::tables::{publication, IpProto};
+use kxdp_dataplane::tables::{publication, IpProto, TableSet};
 use serde::{Deserialize, Serialize};
 
 const NODE: &str = "node-0";
@@ -111,7 +126,22 @@ enum Cmd {
     Changes {
         #[arg(long, default_value_t = 50)]
         changes: usize,
+        /// What each change edits (runner path): one endpoint's readiness,
+        /// a Service's externalIPs (new frontends: the maps are patched),
+        /// or a pod's labels (the NetworkPolicy compiler runs).
+        #[arg(long, value_enum, default_value_t = What::Endpoint)]
+        what: What,
+        /// A full `compile` per change, no runner (the old path).
+        #[arg(long)]
+        full: bool,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum What {
+    Endpoint,
+    Service,
+    Pod,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +199,19 @@ struct InitialResult {
 
 #[derive(Serialize, Deserialize, Debug)]
 struct ChangesResult {
+    /// "runner" (incremental, through the sync runner) or "full".
+    path: String,
     changes: usize,
+    /// Runner path: compiles that were partial and kept the frontend maps
+    /// (the fast path), out of `changes`.
+    fast_path: usize,
+    /// Runner path: snapshot sent -> first generation readable (tracking
+    /// every object, the full compile, the publish).
+    initial_s: Option<f64>,
+    /// Runner path: the first (full) compile alone.
+    initial_compile_s: Option<f64>,
+    /// VmHWM right after the first publish.
+    hwm_initial_kib: u64,
     /// Edit -> `compile` returned.
     compile_p50_ms: f64,
     compile_p99_ms: f64,
@@ -183,8 +225,8 @@ struct ChangesResult {
     handover_p99_us: f64,
     /// The `publish` call itself: the store plus dropping the previous
     /// generation when no reader holds it any more.
-    publish_call_p50_ms: f64,
-    publish_call_p99_ms: f64,
+    publish_call_p50_ms: Option<f64>,
+    publish_call_p99_ms: Option<f64>,
     hwm_kib: u64,
 }
 
@@ -251,7 +293,7 @@ fn initial(shape: &Shape) -> Result<InitialResult, BenchError> {
     Ok(result)
 }
 
-fn changes(shape: &Shape, n: usize) -> Result<ChangesResult, BenchError> {
+fn changes_full(shape: &Shape, n: usize) -> Result<ChangesResult, BenchError> {
     let cluster = shape.cluster();
     if cluster.services == 0 || cluster.endpoints_per_service < 2 {
         return Err(BenchError::Check(
@@ -340,7 +382,12 @@ fn changes(shape: &Shape, n: usize) -> Result<ChangesResult, BenchError> {
         .map_err(|_| BenchError::Check("reader thread panicked".into()))?;
     let p = |v: &[Duration], q| percentile(v, q).map(ms).unwrap_or(f64::NAN);
     Ok(ChangesResult {
+        path: "full".into(),
         changes: n,
+        fast_path: 0,
+        initial_s: None,
+        initial_compile_s: None,
+        hwm_initial_kib: 0,
         compile_p50_ms: p(&compile_times, 50.0),
         compile_p99_ms: p(&compile_times, 99.0),
         visible_p50_ms: p(&visible, 50.0),
@@ -348,8 +395,234 @@ fn changes(shape: &Shape, n: usize) -> Result<ChangesResult, BenchError> {
         visible_max_ms: p(&visible, 100.0),
         handover_p50_us: p(&handover, 50.0) * 1e3,
         handover_p99_us: p(&handover, 99.0) * 1e3,
-        publish_call_p50_ms: p(&publish_calls, 50.0),
-        publish_call_p99_ms: p(&publish_calls, 99.0),
+        publish_call_p50_ms: Some(p(&publish_calls, 50.0)),
+        publish_call_p99_ms: Some(p(&publish_calls, 99.0)),
+        hwm_kib: self_status_kib("VmHWM")?,
+    })
+}
+
+/// One compile, as the runner's callback saw it.
+struct CompileRecord {
+    generation: u64,
+    took: Duration,
+    done: Instant,
+    stats: CompileStats,
+}
+
+fn changes_runner(shape: &Shape, n: usize, what: What) -> Result<ChangesResult, BenchError> {
+    let cluster = shape.cluster();
+    if cluster.services == 0 || cluster.endpoints_per_service < 2 {
+        return Err(BenchError::Check(
+            "changes need Services with at least 2 endpoints".into(),
+        ));
+    }
+    let state = cluster.state()?;
+    // The objects the changes start from (Service and pod changes).
+    let services: Vec<_> = (1..=n)
+        .filter_map(|k| {
+            state
+                .services
+                .get(&cluster.service_key((k * 7919) % cluster.services))
+        })
+        .cloned()
+        .collect();
+    let pods: Vec<_> = (1..=n)
+        .filter_map(|k| {
+            state
+                .pods
+                .get(&cluster.pod_key((k * 7919) % cluster.pods.max(1)))
+        })
+        .cloned()
+        .collect();
+    let env = NodeEnvironment::synthetic(&state, NODE);
+    let opts = CompileOptions::new(NODE);
+    let config = RunnerConfig {
+        min_interval: Duration::ZERO,
+        max_interval: Duration::from_secs(3600),
+        ..RunnerConfig::default()
+    };
+    let slot = Arc::new(TableSlot::new());
+    let records: Arc<Mutex<Vec<CompileRecord>>> = Arc::default();
+    let (tx, rx) = source::channel();
+    let mut compiler = Compiler::new();
+    let log = records.clone();
+    let runner = spawn_runner(
+        config.clone(),
+        rx,
+        move |input: &CompileInput<'_>| -> Result<TableSet, CompileError> {
+            let t = Instant::now();
+            let out = compiler.compile_input(input, &env, &opts)?;
+            let done = Instant::now();
+            log.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(CompileRecord {
+                    generation: input.generation,
+                    took: done - t,
+                    done,
+                    stats: out.stats,
+                });
+            Ok(out.tables)
+        },
+        Shared {
+            tables: slot.clone(),
+            status: Arc::new(Status::new(&config)),
+            metrics: Arc::new(Metrics::new()),
+            hooks: Vec::new(),
+        },
+    )
+    .map_err(|source| BenchError::Spawn {
+        what: "the sync runner".into(),
+        source,
+    })?;
+    let send = |ev: SourceEvent| {
+        tx.send(ev)
+            .map_err(|_| BenchError::Check("the runner stopped".into()))
+    };
+    let t_initial = Instant::now();
+    send(SourceEvent::Snapshot(Box::new(state)))?;
+    let reader = slot
+        .wait_reader(Duration::from_secs(120))
+        .ok_or_else(|| BenchError::Check("no first publish".into()))?;
+    let initial_s = t_initial.elapsed().as_secs_f64();
+    let hwm_initial_kib = self_status_kib("VmHWM")?;
+
+    let total = 2 * n;
+    let (seen_tx, seen_rx) = mpsc::channel::<(u64, Instant)>();
+    let last_generation = total as u64 + 1;
+    let watcher = thread::spawn(move || {
+        let mut seen = 1;
+        while seen < last_generation {
+            let g = reader.load().generation;
+            if g != seen {
+                seen = g;
+                if seen_tx.send((g, Instant::now())).is_err() {
+                    return;
+                }
+            } else {
+                thread::yield_now();
+            }
+        }
+    });
+
+    let mut visible = Vec::with_capacity(total);
+    let mut sent_at = Vec::with_capacity(total);
+    let mut generation = 1u64;
+    for k in 1..=n {
+        // A different object each time, spread over the namespaces; each
+        // changed one way, then back.
+        let s = (k * 7919) % cluster.services;
+        let e = k % cluster.endpoints_per_service;
+        let (there, back): (Object, Object) = match what {
+            What::Endpoint => (
+                Object::EndpointSlice(cluster.endpoint_slice_with(s, Some(e))),
+                Object::EndpointSlice(cluster.endpoint_slice_with(s, None)),
+            ),
+            What::Service => {
+                let svc = services
+                    .get(k - 1)
+                    .cloned()
+                    .ok_or_else(|| BenchError::Check("no Service to change".into()))?;
+                let mut changed = svc.clone();
+                if let Some(spec) = changed.spec.as_mut() {
+                    spec.external_ips = Some(vec![format!("203.0.113.{}", k % 250 + 1)]);
+                }
+                (Object::Service(changed), Object::Service(svc))
+            }
+            What::Pod => {
+                let pod = pods
+                    .get(k - 1)
+                    .cloned()
+                    .ok_or_else(|| BenchError::Check("no pod to change".into()))?;
+                let mut changed = pod.clone();
+                changed
+                    .metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert("kxdp-bench".into(), "changed".into());
+                (Object::Pod(changed), Object::Pod(pod))
+            }
+        };
+        for (obj, not_ready) in [(there, true), (back, false)] {
+            generation += 1;
+            let t0 = Instant::now();
+            send(SourceEvent::Apply(obj))?;
+            let (g, at) = seen_rx
+                .recv_timeout(Duration::from_secs(60))
+                .map_err(|e| BenchError::Check(format!("reader did not report: {e}")))?;
+            if g != generation {
+                return Err(BenchError::Check(format!(
+                    "reader saw generation {g}, expected {generation}"
+                )));
+            }
+            visible.push(at.duration_since(t0));
+            sent_at.push((generation, at));
+            if what != What::Endpoint {
+                continue;
+            }
+            // The change is in the published tables.
+            let want = cluster.endpoints_per_service - usize::from(not_ready);
+            let tables = slot
+                .current()
+                .ok_or_else(|| BenchError::Check("nothing published".into()))?;
+            let backends = tables
+                .services
+                .lookup(SyntheticCluster::service_ip(s), 80, IpProto::Tcp, false)
+                .and_then(|f| tables.services.port(f.service_port))
+                .map(|p| p.cluster.backends.len());
+            if backends != Some(want) {
+                return Err(BenchError::Check(format!(
+                    "Service {s}: {backends:?} backends after the change, expected {want}"
+                )));
+            }
+        }
+    }
+    watcher
+        .join()
+        .map_err(|_| BenchError::Check("reader thread panicked".into()))?;
+    drop(tx);
+    runner.stop();
+
+    let records = std::mem::take(&mut *records.lock().unwrap_or_else(PoisonError::into_inner));
+    let mut compile_times = Vec::new();
+    let mut handover = Vec::new();
+    let mut fast_path = 0;
+    for (generation, at) in &sent_at {
+        let Some(r) = records.iter().find(|r| r.generation == *generation) else {
+            return Err(BenchError::Check(format!(
+                "no compile record for generation {generation}"
+            )));
+        };
+        if r.stats.full {
+            return Err(BenchError::Check(format!(
+                "generation {generation} was a full compile"
+            )));
+        }
+        fast_path += usize::from(!r.stats.services_reassembled);
+        compile_times.push(r.took);
+        handover.push(at.saturating_duration_since(r.done));
+    }
+    let p = |v: &[Duration], q| percentile(v, q).map(ms).unwrap_or(f64::NAN);
+    Ok(ChangesResult {
+        path: format!("runner:{what:?}").to_lowercase(),
+        changes: total,
+        fast_path,
+        initial_s: Some(initial_s),
+        initial_compile_s: records
+            .iter()
+            .find(|r| r.generation == 1)
+            .map(|r| r.took.as_secs_f64()),
+        hwm_initial_kib,
+        compile_p50_ms: p(&compile_times, 50.0),
+        compile_p99_ms: p(&compile_times, 99.0),
+        visible_p50_ms: p(&visible, 50.0),
+        visible_p99_ms: p(&visible, 99.0),
+        visible_max_ms: p(&visible, 100.0),
+        handover_p50_us: p(&handover, 50.0) * 1e3,
+        handover_p99_us: p(&handover, 99.0) * 1e3,
+        // The runner's publish hands the old generation to the reclaim
+        // thread: it is inside `visible`, not timed apart.
+        publish_call_p50_ms: None,
+        publish_call_p99_ms: None,
         hwm_kib: self_status_kib("VmHWM")?,
     })
 }
@@ -394,6 +667,10 @@ fn all(shape: &Shape, runs: usize, n: usize) -> Result<(), BenchError> {
         initials.push(r);
     }
     let ch: ChangesResult = child(shape, &["changes", "--changes", &n.to_string()])?;
+    // Other kinds of change, fewer of them: for the record, not a target.
+    let few = (n / 2).max(1).to_string();
+    let svc: ChangesResult = child(shape, &["changes", "--what", "service", "--changes", &few])?;
+    let pod: ChangesResult = child(shape, &["changes", "--what", "pod", "--changes", &few])?;
     let med = |f: &dyn Fn(&InitialResult) -> f64| {
         median(&initials.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
     };
@@ -444,11 +721,11 @@ fn all(shape: &Shape, runs: usize, n: usize) -> Result<(), BenchError> {
         mib(med(&|r| r.hwm_state_kib as f64))
     );
     println!(
-        "| one endpoint change -> compile done, p50 / p99 ({} changes) | {:.1} / {:.1} ms | - |",
-        ch.changes, ch.compile_p50_ms, ch.compile_p99_ms
+        "| one endpoint change ({} changes through the sync runner, {} on the fast path) -> compile done, p50 / p99 | {:.2} / {:.2} ms | - |",
+        ch.changes, ch.fast_path, ch.compile_p50_ms, ch.compile_p99_ms
     );
     println!(
-        "| one endpoint change -> visible to a reader, p50 / p99 / max | {:.1} / {:.1} / {:.1} ms | p99 <= 10 ms |",
+        "| one endpoint change -> visible to a reader, p50 / p99 / max | {:.2} / {:.2} / {:.2} ms | p99 <= 10 ms |",
         ch.visible_p50_ms, ch.visible_p99_ms, ch.visible_max_ms
     );
     println!(
@@ -456,8 +733,27 @@ fn all(shape: &Shape, runs: usize, n: usize) -> Result<(), BenchError> {
         ch.handover_p50_us, ch.handover_p99_us
     );
     println!(
-        "| `publish` call incl. dropping the old generation, p50 / p99 | {:.1} / {:.1} ms | - |",
-        ch.publish_call_p50_ms, ch.publish_call_p99_ms
+        "| one Service change (externalIP added/removed: frontend maps patched; {} changes, {} without a rebuild) -> visible, p50 / p99 | {:.2} / {:.2} ms | - |",
+        svc.changes, svc.fast_path, svc.visible_p50_ms, svc.visible_p99_ms
+    );
+    println!(
+        "| one pod label change (NetworkPolicy update; {} changes) -> visible, p50 / p99 | {:.2} / {:.2} ms | - |",
+        pod.changes, pod.visible_p50_ms, pod.visible_p99_ms
+    );
+    if let (Some(p50), Some(p99)) = (ch.publish_call_p50_ms, ch.publish_call_p99_ms) {
+        println!(
+            "| `publish` call incl. dropping the old generation, p50 / p99 | {p50:.1} / {p99:.1} ms | - |"
+        );
+    }
+    if let (Some(total), Some(compile)) = (ch.initial_s, ch.initial_compile_s) {
+        println!(
+            "| sync runner: snapshot of the whole cluster -> first generation readable | {total:.3} s | - |"
+        );
+        println!("| of which the first (full) `Compiler` compile | {compile:.3} s | - |");
+    }
+    println!(
+        "| sync runner: VmHWM after the first publish (state + tracker + compile cache + tables) | {:.0} MiB | <= 1024 MiB |",
+        mib(ch.hwm_initial_kib as f64)
     );
     println!(
         "| peak memory VmHWM during the changes run | {:.0} MiB | <= 1024 MiB |",
@@ -475,7 +771,16 @@ fn main() -> std::process::ExitCode {
     let result = match cmd {
         Cmd::All { runs, changes: n } => all(&cli.shape, runs, n),
         Cmd::Initial => initial(&cli.shape).and_then(|r| print_json(&r)),
-        Cmd::Changes { changes: n } => changes(&cli.shape, n).and_then(|r| print_json(&r)),
+        Cmd::Changes {
+            changes: n,
+            full,
+            what,
+        } => if full {
+            changes_full(&cli.shape, n)
+        } else {
+            changes_runner(&cli.shape, n, what)
+        }
+        .and_then(|r| print_json(&r)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

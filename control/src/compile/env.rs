@@ -17,7 +17,7 @@ use crate::endpoints::pod_ipv4;
 use crate::model::ClusterState;
 
 /// Host facts the compiler needs.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeEnvironment {
     /// MAC of the uplink interface (outer source MAC; VTEP MAC fallback).
     pub uplink_mac: MacAddr,

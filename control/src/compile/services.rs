@@ -44,19 +44,26 @@
 //! Frontend conflicts: Services are taken in namespace/name order and the
 //! first to claim an `ip:port/proto` (or a NodePort) keeps it; later
 //! claimants get a warning.
+//!
+//! Two steps, so that unchanged Services can be reused between
+//! generations: [`compile_service`] turns one Service and its slices into a
+//! [`CompiledService`] (ports with their backend sets and Maglev tables
+//! behind `Arc`, the frontends each port claims, the warnings in the order
+//! they arose), and [`assemble`] builds the table from all of them in
+//! namespace/name order, resolving frontend conflicts.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kxdp_dataplane::tables::services::FrontendKey;
+use kxdp_dataplane::tables::services::{FrontendKey, ServiceTableError};
 use kxdp_dataplane::tables::{
-    Backend, BackendSet, FrontendKind, IpProto, Ipv4Cidr, NodeConfig, ServicePort, ServiceTable,
+    Backend, BackendSet, Frontend, FrontendKind, IpProto, Ipv4Cidr, ServicePort, ServiceTable,
 };
 use rustc_hash::FxHashMap;
 
-use super::{CompileOptions, Warnings};
+use super::{CompileOptions, CompileWarning, Warnings};
 use crate::endpoints::SERVICE_NAME_LABEL;
 use crate::model::ClusterState;
 
@@ -213,15 +220,200 @@ fn ipv4s<'a>(list: impl IntoIterator<Item = &'a String>) -> (Vec<Ipv4Addr>, Vec<
     (good, bad)
 }
 
-pub(super) fn service_table(
-    state: &ClusterState,
-    derived: &[EndpointSlice],
-    node: &NodeConfig,
-    opts: &CompileOptions,
-    warnings: &mut Warnings,
-) -> ServiceTable {
-    // Index slices by (namespace, service); state slices in key order, then
-    // derived ones (which only exist for Services without any).
+/// One Service compiled on its own: its ports (with their backend sets and
+/// Maglev tables) and which frontends they claim, in spec order, with the
+/// warnings interleaved where they arose. A function of the Service, its
+/// EndpointSlices, the node name and the options only: the unit the
+/// incremental compiler caches and reuses.
+#[derive(Debug, Default)]
+pub(crate) struct CompiledService {
+    /// `namespace/name`, the name frontend-conflict warnings carry.
+    display: String,
+    items: Vec<Item>,
+}
+
+#[derive(Debug)]
+enum Item {
+    Warning(CompileWarning),
+    Port(CompiledPort),
+}
+
+/// One ServicePort and the frontends it claims.
+#[derive(Debug)]
+pub(crate) struct CompiledPort {
+    pub(crate) port: Arc<ServicePort>,
+    frontends: Vec<(FrontendKey, FrontendKind)>,
+    node_port: Option<u16>,
+}
+
+/// Where an assembled Service landed in the table, and the frontend
+/// conflicts its ports lost (one list per port). Both depend only on the
+/// [layouts](CompiledService::same_layout) of all Services.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Placement {
+    /// Index of the Service's first port in [`ServiceTable::ports`].
+    pub(crate) base: u32,
+    pub(crate) conflicts: Vec<Vec<CompileWarning>>,
+}
+
+impl CompiledService {
+    /// The compiled ports, in table order.
+    pub(crate) fn ports(&self) -> impl Iterator<Item = &CompiledPort> {
+        self.items.iter().filter_map(|i| match i {
+            Item::Port(p) => Some(p),
+            Item::Warning(_) => None,
+        })
+    }
+
+    /// True when both claim the same frontends and NodePorts with ports of
+    /// the same names, in the same order: then the frontend maps, the port
+    /// numbering and the conflict outcome of a table do not change when one
+    /// replaces the other.
+    pub(crate) fn same_layout(&self, other: &CompiledService) -> bool {
+        let (mut a, mut b) = (self.ports(), other.ports());
+        loop {
+            match (a.next(), b.next()) {
+                (None, None) => return self.display == other.display,
+                (Some(x), Some(y)) => {
+                    if x.frontends != y.frontends
+                        || x.node_port != y.node_port
+                        || x.port.display_name() != y.port.display_name()
+                    {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// This Service's warnings, with the conflicts of `placement` after
+    /// the port that lost them (the order a one-pass compile reports).
+    pub(crate) fn warnings(&self, placement: &Placement) -> Vec<CompileWarning> {
+        let mut out = Vec::new();
+        let mut port = 0;
+        for item in &self.items {
+            match item {
+                Item::Warning(w) => out.push(w.clone()),
+                Item::Port(_) => {
+                    if let Some(c) = placement.conflicts.get(port) {
+                        out.extend(c.iter().cloned());
+                    }
+                    port += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// True when compiling the Service reported nothing and none of its
+    /// ports lost a frontend.
+    pub(crate) fn is_quiet(&self, placement: &Placement) -> bool {
+        self.items.iter().all(|i| matches!(i, Item::Port(_)))
+            && placement.conflicts.iter().all(Vec::is_empty)
+    }
+}
+
+/// Build the table from compiled Services taken in namespace/name order:
+/// the first Service to claim a frontend keeps it.
+pub(crate) fn assemble<'a>(
+    services: impl IntoIterator<Item = &'a CompiledService>,
+) -> (ServiceTable, Vec<Placement>, Contested) {
+    let mut table = ServiceTable::new();
+    let mut placements = Vec::new();
+    let mut contested = Contested::default();
+    for svc in services {
+        let mut placement = Placement {
+            base: u32::try_from(table.ports.len()).unwrap_or(u32::MAX),
+            conflicts: Vec::new(),
+        };
+        for cp in svc.ports() {
+            let mut lost = Vec::new();
+            let mut warn = |e: ServiceTableError| {
+                match &e {
+                    ServiceTableError::DuplicateFrontend {
+                        ip, port, proto, ..
+                    } => {
+                        contested.frontends.insert(FrontendKey {
+                            ip: *ip,
+                            port: *port,
+                            proto: *proto,
+                        });
+                    }
+                    ServiceTableError::DuplicateNodePort { port, proto, .. } => {
+                        contested.node_ports.insert((*port, *proto));
+                    }
+                    ServiceTableError::NoSuchPort { .. } => {}
+                }
+                lost.push(CompileWarning {
+                    kind: "Service",
+                    name: svc.display.clone(),
+                    message: format!("{e}; {} keeps it", first_claimant(&e)),
+                });
+            };
+            let idx = table.add_shared_port(cp.port.clone());
+            for (key, kind) in &cp.frontends {
+                if let Err(e) = table.add_frontend(*key, idx, *kind) {
+                    warn(e);
+                }
+            }
+            if let Some(np) = cp.node_port {
+                if let Err(e) = table.add_node_port(np, cp.port.proto, idx) {
+                    warn(e);
+                }
+            }
+            placement.conflicts.push(lost);
+        }
+        placements.push(placement);
+    }
+    (table, placements, contested)
+}
+
+/// The frontends and NodePorts more than one Service port claimed in the
+/// last assembly (one kept each, the others lost it).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Contested {
+    pub(crate) frontends: rustc_hash::FxHashSet<FrontendKey>,
+    pub(crate) node_ports: rustc_hash::FxHashSet<(u16, IpProto)>,
+}
+
+impl Contested {
+    /// True when none of `svc`'s claims is contested.
+    pub(crate) fn untouched_by(&self, svc: &CompiledService) -> bool {
+        svc.ports().all(|p| {
+            p.frontends.iter().all(|(k, _)| !self.frontends.contains(k))
+                && p.node_port
+                    .is_none_or(|np| !self.node_ports.contains(&(np, p.port.proto)))
+        })
+    }
+}
+
+impl CompiledPort {
+    /// The frontend claims of this port as port `idx` of a table.
+    pub(crate) fn claims(&self, idx: u32) -> impl Iterator<Item = (FrontendKey, Frontend)> + '_ {
+        self.frontends.iter().map(move |(key, kind)| {
+            (
+                *key,
+                Frontend {
+                    service_port: idx,
+                    kind: *kind,
+                },
+            )
+        })
+    }
+
+    /// The NodePort claim of this port, if any.
+    pub(crate) fn node_port_claim(&self) -> Option<(u16, IpProto)> {
+        self.node_port.map(|np| (np, self.port.proto))
+    }
+}
+
+/// EndpointSlices (state ones in key order, then derived ones) indexed by
+/// the Service their `kubernetes.io/service-name` label names.
+pub(crate) fn slices_by_service<'a>(
+    state: &'a ClusterState,
+    derived: &'a [EndpointSlice],
+) -> FxHashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
     let mut index: FxHashMap<(&str, &str), Vec<&EndpointSlice>> = FxHashMap::default();
     let state_slices = state
         .endpoint_slices
@@ -240,29 +432,41 @@ pub(super) fn service_table(
             index.entry((ns, svc.as_str())).or_default().push(s);
         }
     }
-    let mut table = ServiceTable::new();
-    for ((ns, name), svc) in &state.services {
-        let slices = index
-            .get(&(ns.as_str(), name.as_str()))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        compile_service(ns, name, svc, slices, node, opts, &mut table, warnings);
-    }
-    table
+    index
+}
+
+/// Compile one Service (see the module doc) over `slices`, its
+/// EndpointSlices in order, for node `node_name`.
+pub(crate) fn compile_service(
+    ns: &str,
+    name: &str,
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node_name: &str,
+    opts: &CompileOptions,
+) -> CompiledService {
+    let mut out = CompiledService {
+        display: format!("{ns}/{name}"),
+        items: Vec::new(),
+    };
+    let mut w = Warnings::default();
+    compile_service_into(ns, name, svc, slices, node_name, opts, &mut out, &mut w);
+    out.items.extend(w.0.into_iter().map(Item::Warning));
+    out
 }
 
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; a struct would only rename them"
 )]
-fn compile_service(
+fn compile_service_into(
     ns: &str,
     name: &str,
     svc: &Service,
     slices: &[&EndpointSlice],
-    node: &NodeConfig,
+    node_name: &str,
     opts: &CompileOptions,
-    table: &mut ServiceTable,
+    out: &mut CompiledService,
     warnings: &mut Warnings,
 ) {
     macro_rules! warn {
@@ -430,7 +634,7 @@ fn compile_service(
 
     let parsed: Vec<ParsedSlice> = slices
         .iter()
-        .filter_map(|s| parse_slice(s, &node.node_name, warnings))
+        .filter_map(|s| parse_slice(s, node_name, warnings))
         .collect();
 
     let ports = spec.ports.as_deref().unwrap_or(&[]);
@@ -486,7 +690,7 @@ fn compile_service(
         };
         let eps = port_endpoints(&parsed, &port_name, proto);
         let (cluster, local, has_endpoints) = categorize(&eps);
-        let idx = table.add_port(ServicePort {
+        let port = Arc::new(ServicePort {
             namespace: namespace.clone(),
             name: svc_name.clone(),
             port_name: port_name.as_str().into(),
@@ -510,23 +714,36 @@ fn compile_service(
                     .iter()
                     .map(|ip| (*ip, FrontendKind::ExternalIp)),
             )
-            .chain(lb_ips.iter().map(|ip| (*ip, FrontendKind::LoadBalancer)));
-        for (ip, kind) in frontends {
-            if let Err(e) = table.add_frontend(FrontendKey { ip, port, proto }, idx, kind) {
-                warn!("{e}; {} keeps it", first_claimant(&e));
-            }
-        }
-        if let Some(np) = node_port {
-            if let Err(e) = table.add_node_port(np, proto, idx) {
-                warn!("{e}; {} keeps it", first_claimant(&e));
-            }
-        }
+            .chain(lb_ips.iter().map(|ip| (*ip, FrontendKind::LoadBalancer)))
+            .map(|(ip, kind)| {
+                (
+                    FrontendKey {
+                        ip,
+                        port: port.port,
+                        proto,
+                    },
+                    kind,
+                )
+            })
+            .collect();
+        // The warnings so far come before this port (and its conflicts).
+        out.items.extend(
+            std::mem::take(&mut warnings.0)
+                .into_iter()
+                .map(Item::Warning),
+        );
+        out.items.push(Item::Port(CompiledPort {
+            port,
+            frontends,
+            node_port,
+        }));
     }
 }
 
-fn first_claimant(e: &kxdp_dataplane::tables::services::ServiceTableError) -> &str {
-    use kxdp_dataplane::tables::services::ServiceTableError as E;
+fn first_claimant(e: &ServiceTableError) -> &str {
+    use ServiceTableError as E;
     match e {
         E::DuplicateFrontend { first, .. } | E::DuplicateNodePort { first, .. } => first,
+        E::NoSuchPort { .. } => "",
     }
 }

@@ -26,17 +26,34 @@
 //!   containers' names and ports, Pod status down to phase, IPs and the
 //!   Ready condition; Node down to podCIDR(s) and addresses; Namespace down
 //!   to metadata. Heartbeat-only updates thus compare equal in the tracker.
-//! - Health: any watch failure other than 410 Gone marks the source
-//!   unhealthy ([`SourceEvent::Health`]); a successful probe of `/version`
-//!   that started after the last failure marks it healthy again. Watches
-//!   resume silently after an outage, so the probe is what notices.
+//! - **Health** ([`SourceEvent::Health`]): the source is healthy while its
+//!   view may be trusted as fresh, which is what lets the runner's periodic
+//!   resync re-stamp `/healthz`. It turns unhealthy when a probe of
+//!   `/version` fails (a hung or unreachable API server, noticed even when
+//!   the watches are quiet) or when a watcher fails: its list fails, its
+//!   watch cannot be (re)started, or the watch ends with an error event
+//!   other than 410 Gone. It is healthy again only once the last probe
+//!   succeeded **and every watcher that failed has completed a list
+//!   (`InitDone`) since its last failure**. A probe answering is not
+//!   enough: after an outage the watchers may still be waiting out their
+//!   backoff (up to 30 s) with a view from before it.
+//! - A failed watcher therefore always re-lists: kube-runtime would resume
+//!   the watch from its last resourceVersion, but a resumed watch emits no
+//!   event (bookmarks are swallowed), so its recovery could not be told
+//!   from its backoff. The watcher is restarted instead, and its next
+//!   `InitDone` is the proof. Not failures, health unchanged: a watch
+//!   connection cut mid-stream (kube-runtime resumes it from its
+//!   resourceVersion and the missed events are replayed; if the resume
+//!   fails, that is a failure) and 410 Gone (kube-runtime re-lists; the
+//!   relist is published whole like any other).
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
@@ -45,7 +62,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, Patch, PatchParams};
 use kube::core::DynamicResourceScope;
-use kube::runtime::utils::{Backoff, StreamBackoff};
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, DefaultBackoff, Event, ListSemantic};
 use kube::{Client, Resource};
 use kxdp_dataplane::tables::MacAddr;
@@ -347,15 +364,19 @@ async fn register_with_retry(client: Client, reg: NodeRegistration, backoff: Wat
     }
 }
 
-/// Tracks whether the source's view may be stale.
+/// Tracks whether the source's view may be stale (see the module docs).
 struct HealthReporter {
     events: EventSender,
     inner: Mutex<HealthInner>,
 }
 
 struct HealthInner {
+    /// What was last reported.
     healthy: bool,
-    last_failure: Option<Instant>,
+    /// The last probe of `/version` failed.
+    probe_failed: bool,
+    /// Watchers that failed and have not completed a list since.
+    relisting: BTreeSet<Kind>,
 }
 
 impl HealthReporter {
@@ -364,31 +385,47 @@ impl HealthReporter {
             events,
             inner: Mutex::new(HealthInner {
                 healthy: true,
-                last_failure: None,
+                probe_failed: false,
+                relisting: BTreeSet::new(),
             }),
         }
     }
 
-    fn failure(&self) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.last_failure = Some(Instant::now());
-        if inner.healthy {
-            inner.healthy = false;
-            let _ = self.events.send(SourceEvent::Health {
-                source: SOURCE_NAME,
-                healthy: false,
-            });
-        }
+    /// The watcher of `kind` failed; its view is stale until it re-listed.
+    fn watch_failed(&self, kind: Kind) {
+        self.update(|inner| {
+            inner.relisting.insert(kind);
+        });
     }
 
-    fn probe_ok(&self, probe_started: Instant) {
+    /// The watcher of `kind` completed a list (and sent it).
+    fn listed(&self, kind: Kind) {
+        self.update(|inner| {
+            inner.relisting.remove(&kind);
+        });
+    }
+
+    fn probed(&self, ok: bool) {
+        self.update(|inner| inner.probe_failed = !ok);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut HealthInner)) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let failed_since = inner.last_failure.is_some_and(|f| f >= probe_started);
-        if !inner.healthy && !failed_since {
-            inner.healthy = true;
+        change(&mut inner);
+        let healthy = !inner.probe_failed && inner.relisting.is_empty();
+        if healthy != inner.healthy {
+            inner.healthy = healthy;
+            if !healthy {
+                tracing::debug!(
+                    relisting = ?inner.relisting,
+                    probe_failed = inner.probe_failed,
+                    "kubernetes source unhealthy"
+                );
+            }
+            // Sent under the lock, so reports reach the runner in order.
             let _ = self.events.send(SourceEvent::Health {
                 source: SOURCE_NAME,
-                healthy: true,
+                healthy,
             });
         }
     }
@@ -399,21 +436,20 @@ async fn probe(client: Client, interval: Duration, health: Arc<HealthReporter>) 
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let started = Instant::now();
         match tokio::time::timeout(
             interval.max(Duration::from_secs(1)),
             client.apiserver_version(),
         )
         .await
         {
-            Ok(Ok(_)) => health.probe_ok(started),
+            Ok(Ok(_)) => health.probed(true),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "API server probe failed");
-                health.failure();
+                health.probed(false);
             }
             Err(_) => {
                 tracing::debug!("API server probe timed out");
-                health.failure();
+                health.probed(false);
             }
         }
     }
@@ -476,57 +512,79 @@ async fn watch_kind(
     let api: Api<RawObject> = Api::all_with(client, &ar);
     let mut wc = watcher::Config::default().list_semantic(ListSemantic::Any);
     wc.page_size = config.page_size;
-    let stream = StreamBackoff::new(watcher::watcher(api, wc), make_backoff(&config.backoff));
-    let mut stream = std::pin::pin!(stream);
+    // kube-runtime's StreamBackoff, inlined: sleep after every error, reset
+    // on every event; plus a restart (relist) after a failure.
+    let mut backoff = make_backoff(&config.backoff);
     let mut buffer: Option<Vec<Object>> = None;
     let mut lists = 0u64;
-    while let Some(item) = stream.next().await {
-        let sent = match item {
-            Ok(Event::Init) => {
-                if lists > 0 || buffer.is_some() {
-                    metrics.relist(kind);
-                    tracing::info!(%kind, "relisting");
+    loop {
+        let stream = watcher::watcher(api.clone(), wc.clone());
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            if item.is_ok() {
+                backoff.reset();
+            }
+            let sent = match item {
+                Ok(Event::Init) => {
+                    if lists > 0 || buffer.is_some() {
+                        metrics.relist(kind);
+                        tracing::info!(%kind, "relisting");
+                    }
+                    buffer = Some(Vec::new());
+                    true
                 }
-                buffer = Some(Vec::new());
-                true
-            }
-            Ok(Event::InitApply(raw)) => {
-                if let Ok(obj) = decode_logged(kind, raw, &metrics) {
-                    buffer.get_or_insert_with(Vec::new).push(obj);
+                Ok(Event::InitApply(raw)) => {
+                    if let Ok(obj) = decode_logged(kind, raw, &metrics) {
+                        buffer.get_or_insert_with(Vec::new).push(obj);
+                    }
+                    true
                 }
-                true
-            }
-            Ok(Event::InitDone) => {
-                lists += 1;
-                let objects = buffer.take().unwrap_or_default();
-                tracing::debug!(%kind, objects = objects.len(), "list complete");
-                events.send(SourceEvent::Relisted { kind, objects }).is_ok()
-            }
-            Ok(Event::Apply(raw)) => match decode_logged(kind, raw, &metrics) {
-                Ok(obj) => events.send(SourceEvent::Apply(obj)).is_ok(),
-                // Undecodable now: treat as absent.
-                Err(key) => events.send(SourceEvent::Delete { kind, key }).is_ok(),
-            },
-            Ok(Event::Delete(raw)) => {
-                let key = object_key(kind, &raw.metadata);
-                events.send(SourceEvent::Delete { kind, key }).is_ok()
-            }
-            Err(e) => {
-                metrics.watch_error(kind);
-                if is_gone(&e) {
-                    tracing::info!(%kind, "watch expired (410 Gone); relisting");
-                } else {
-                    tracing::warn!(%kind, error = %e, "watch error");
-                    health.failure();
+                Ok(Event::InitDone) => {
+                    lists += 1;
+                    let objects = buffer.take().unwrap_or_default();
+                    tracing::debug!(%kind, objects = objects.len(), "list complete");
+                    let sent = events.send(SourceEvent::Relisted { kind, objects }).is_ok();
+                    // After the list, so the runner has it before health.
+                    health.listed(kind);
+                    sent
                 }
-                true
+                Ok(Event::Apply(raw)) => match decode_logged(kind, raw, &metrics) {
+                    Ok(obj) => events.send(SourceEvent::Apply(obj)).is_ok(),
+                    // Undecodable now: treat as absent.
+                    Err(key) => events.send(SourceEvent::Delete { kind, key }).is_ok(),
+                },
+                Ok(Event::Delete(raw)) => {
+                    let key = object_key(kind, &raw.metadata);
+                    events.send(SourceEvent::Delete { kind, key }).is_ok()
+                }
+                Err(e) => {
+                    metrics.watch_error(kind);
+                    if is_gone(&e) {
+                        tracing::info!(%kind, "watch expired (410 Gone); relisting");
+                    } else if matches!(e, watcher::Error::WatchFailed(_)) {
+                        tracing::info!(%kind, error = %e, "watch connection lost; resuming");
+                    } else {
+                        tracing::warn!(%kind, error = %e, "watch error; relisting");
+                        health.watch_failed(kind);
+                        // A new watcher after the backoff: Init .. InitDone,
+                        // never a silent resume.
+                        break;
+                    }
+                    tokio::time::sleep(next_delay(&mut backoff)).await;
+                    true
+                }
+            };
+            if !sent {
+                // The runner is gone: nothing left to do.
+                return;
             }
-        };
-        if !sent {
-            // The runner is gone: nothing left to do.
-            return;
         }
+        tokio::time::sleep(next_delay(&mut backoff)).await;
     }
+}
+
+fn next_delay(backoff: &mut Box<dyn Backoff>) -> Duration {
+    backoff.next().unwrap_or(Duration::from_secs(30))
 }
 
 fn is_gone(e: &watcher::Error) -> bool {
@@ -804,6 +862,44 @@ mod tests {
         assert_eq!(raw.metadata.name.as_deref(), Some("bad"));
         assert_eq!(raw.metadata.resource_version.as_deref(), Some("7"));
         assert!(decode(Kind::Service, raw).is_err());
+    }
+
+    fn health_reports(rx: &crate::source::EventReceiver) -> Vec<bool> {
+        rx.try_iter()
+            .map(|ev| match ev {
+                SourceEvent::Health { healthy, .. } => healthy,
+                other => panic!("unexpected event {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn health_returns_once_probe_ok_and_every_failed_watcher_listed() {
+        let (tx, rx) = crate::source::channel();
+        let h = HealthReporter::new(tx);
+        // An outage: the probe and two watchers fail.
+        h.probed(false);
+        h.watch_failed(Kind::Service);
+        h.watch_failed(Kind::EndpointSlice);
+        assert_eq!(health_reports(&rx), vec![false]);
+        // The API server answers again, the watchers are still backing off.
+        h.probed(true);
+        h.listed(Kind::Service);
+        // A watcher that did not fail listing (a 410 relist) changes nothing.
+        h.listed(Kind::Pod);
+        assert_eq!(health_reports(&rx), Vec::<bool>::new());
+        h.listed(Kind::EndpointSlice);
+        assert_eq!(health_reports(&rx), vec![true]);
+        // A watcher failing alone, while probes succeed.
+        h.watch_failed(Kind::Node);
+        h.probed(true);
+        assert_eq!(health_reports(&rx), vec![false]);
+        h.listed(Kind::Node);
+        assert_eq!(health_reports(&rx), vec![true]);
+        // The probe failing alone: its success is enough.
+        h.probed(false);
+        h.probed(true);
+        assert_eq!(health_reports(&rx), vec![false, true]);
     }
 
     #[test]

@@ -272,6 +272,34 @@ impl CtHit {
     }
 }
 
+/// Where a connection lives in the table, for a worker that caches what it
+/// did with the connection's packets ([`Conntrack::lookup_handle`],
+/// [`Conntrack::refresh`]).
+///
+/// A handle names one *occupancy* of the connection's original slot (its
+/// index and the slot version of that occupancy): a slot's tuples never
+/// change while the version stays, and a removal followed by any reuse
+/// bumps it. So a handle that still resolves means "the same connection,
+/// with the same tuples and NAT, is still tracked" without hashing or
+/// probing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtHandle {
+    pub(crate) slot: u32,
+    pub(crate) version: u64,
+    pub(crate) proto: u8,
+    pub(crate) direction: Direction,
+}
+
+impl CtHandle {
+    /// A handle that never resolves (a placeholder for empty cache slots).
+    pub const NONE: CtHandle = CtHandle {
+        slot: u32::MAX,
+        version: u64::MAX,
+        proto: 0,
+        direction: Direction::Original,
+    };
+}
+
 /// A snapshot of one connection, for tools and tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct CtEntryView {

@@ -304,6 +304,18 @@ impl<const W: usize> SlotTable<W> {
         None
     }
 
+    /// The second half of a seqlock read the caller did by hand: after
+    /// loading data words of slot `idx` (Relaxed) under the control word
+    /// `first` (loaded Acquire), true when no claim happened since, i.e.
+    /// the words belong to `first`'s occupancy.
+    #[inline]
+    pub(crate) fn still(&self, idx: usize, first: Ctrl) -> bool {
+        // Pairs with the Release fence in `write`, as in `read_from`.
+        fence(Ordering::Acquire);
+        self.ctrl_at(idx)
+            .is_some_and(|c| Ctrl(c.load(Ordering::Relaxed)).version() == first.version())
+    }
+
     /// Seqlock read of slot `idx` if it holds a live entry.
     pub(crate) fn read_live(&self, idx: usize) -> Option<Snapshot<W>> {
         let first = self.ctrl(idx)?;

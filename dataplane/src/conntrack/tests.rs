@@ -1001,3 +1001,55 @@ proptest! {
         }
     }
 }
+
+/// A handle refresh is a lookup without the probe: same answer, same side
+/// effects (idle timer, TCP state), and a miss once the connection is gone,
+/// expired, or its slot holds another connection.
+#[test]
+fn refresh_by_handle_behaves_like_a_lookup() {
+    let t = ct(64);
+    let (orig, reply) = dnat_pair(TCP);
+    t.commit(orig, reply, meta(), 0, SYN).unwrap();
+    let (_, ho) = t.lookup_handle(&orig, S, SYN).unwrap();
+    let (hit, hr) = t.lookup_handle(&reply, S, SYN | ACK).unwrap();
+    assert_eq!(hit.direction, Direction::Reply);
+    assert_eq!(hr.direction, Direction::Reply);
+    assert_eq!(ho.slot, hr.slot, "both name the connection's original slot");
+    // ACK from the client establishes, as a lookup would.
+    assert!(t.refresh(&ho, 2 * S, ACK));
+    assert_eq!(
+        t.lookup(&orig, 2 * S, 0).unwrap().state,
+        CtState::Established
+    );
+    // The idle timer moves: alive just before 2 s + established, and that
+    // refresh keeps it alive one second after (last seen 2 s: expired).
+    let est = Timeouts::default().tcp_established.as_nanos() as u64;
+    assert!(t.refresh(&hr, 2 * S + est - 1, ACK));
+    // FIN from the backend: closing, with the closing timeout.
+    let now = 3 * S + est;
+    assert!(t.refresh(&hr, now, FIN | ACK));
+    assert_eq!(t.lookup(&orig, now, 0).unwrap().state, CtState::Closing);
+    let closing = Timeouts::default().tcp_closing.as_nanos() as u64;
+    assert!(!t.refresh(&ho, now + closing, ACK), "expired: a miss");
+    assert!(t.lookup(&orig, now + closing, ACK).is_none());
+
+    // Removed, then the slot reused by another connection: a miss.
+    let t = ct(64);
+    let (orig, reply) = dnat_pair(UDP);
+    t.commit(orig, reply, meta(), 0, 0).unwrap();
+    let (_, h) = t.lookup_handle(&orig, 0, 0).unwrap();
+    assert!(t.refresh(&h, S, 0));
+    assert!(t.remove(&orig));
+    assert!(!t.refresh(&h, S, 0));
+    t.commit(orig, reply, meta(), 2 * S, 0).unwrap();
+    assert!(
+        !t.refresh(&h, 2 * S, 0),
+        "a new occupancy, even of the same tuples"
+    );
+    let (_, h2) = t.lookup_handle(&orig, 2 * S, 0).unwrap();
+    assert!(t.refresh(&h2, 3 * S, 0));
+    let (_, hr) = t.lookup_handle(&reply, 3 * S, 0).unwrap();
+    assert!(t.refresh(&hr, 4 * S, 0));
+    assert_eq!(t.lookup(&orig, 4 * S, 0).unwrap().state, CtState::Assured);
+    assert!(!t.refresh(&CtHandle::NONE, 4 * S, 0));
+}

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::slots::{Ctrl, Rival, SlotState, SlotTable, Snapshot};
 use super::state::{self, TimeoutsNs};
-use super::{CommitError, CtConfig, CtEntryView, CtHit, CtMeta, Direction, FlowKey, GcProgress};
+use super::{
+    CommitError, CtConfig, CtEntryView, CtHandle, CtHit, CtMeta, Direction, FlowKey, GcProgress,
+};
 
 /// Words per slot.
 const W: usize = 8;
@@ -149,11 +151,85 @@ impl Conntrack {
     /// protocols). Refreshes the entry's idle timer and advances its state.
     /// Expired entries are misses.
     pub fn lookup(&self, key: &FlowKey, now_ns: u64, tcp_flags: u8) -> Option<CtHit> {
+        self.lookup_handle(key, now_ns, tcp_flags)
+            .map(|(hit, _)| hit)
+    }
+
+    /// [`Conntrack::lookup`], plus a handle that [`Conntrack::refresh`]
+    /// accepts for later packets of the same flow (same tuple, so same
+    /// direction).
+    pub fn lookup_handle(
+        &self,
+        key: &FlowKey,
+        now_ns: u64,
+        tcp_flags: u8,
+    ) -> Option<(CtHit, CtHandle)> {
         let found = self.find(key)?;
         if self.is_expired(&found.entry, now_ns) {
             return None;
         }
-        Some(self.touch(&found, now_ns, tcp_flags))
+        let handle = CtHandle {
+            slot: u32::try_from(found.orig_slot).ok()?,
+            version: found.ctrl.version(),
+            proto: found.entry.original.proto,
+            direction: found.direction,
+        };
+        Some((self.touch(&found, now_ns, tcp_flags), handle))
+    }
+
+    /// What [`Conntrack::lookup`] does for a packet of the flow `handle` came
+    /// from, without hashing, probing or decoding tuples: true when the
+    /// connection is still live (same occupancy of its slot, so same tuples
+    /// and translation as when the handle was taken) and not expired; then
+    /// its idle timer is refreshed and its state advanced with `tcp_flags`
+    /// exactly as a lookup would. False means "no longer known here": the
+    /// caller does a full lookup.
+    ///
+    /// Reads the control word, then the two in-place words, then re-reads
+    /// the control word (the seqlock of the module documentation): equal
+    /// versions prove both words belong to this occupancy.
+    #[inline]
+    pub fn refresh(&self, handle: &CtHandle, now_ns: u64, tcp_flags: u8) -> bool {
+        let idx = handle.slot as usize;
+        let Some(ctrl) = self.slots.ctrl(idx) else {
+            return false;
+        };
+        if !ctrl.is_live() || ctrl.version() != handle.version || ctrl.kind() != KIND_ORIG {
+            return false;
+        }
+        let (Some(last), Some(state)) = (
+            self.slots.word(idx, W_LAST_SEEN),
+            self.slots.word(idx, W_STATE),
+        ) else {
+            return false;
+        };
+        let last_seen = last.load(Ordering::Relaxed);
+        let state_word = state.load(Ordering::Relaxed);
+        if !self.slots.still(idx, ctrl) {
+            return false;
+        }
+        let proto = handle.proto;
+        let st = state::state_of(proto, state_word as u32);
+        if now_ns.saturating_sub(last_seen) >= self.timeouts.get(proto, st) {
+            return false;
+        }
+        if now_ns > last_seen.saturating_add(REFRESH_GRANULARITY_NS) {
+            last.fetch_max(now_ns, Ordering::Relaxed);
+        }
+        // Most packets do not change the state (UDP after the first reply,
+        // TCP data): then `advance_state` would return without a write.
+        let bits = state_word as u32;
+        if state::advance(proto, bits, handle.direction, tcp_flags) != bits {
+            advance_state(
+                state,
+                ctrl.generation(),
+                state_word,
+                proto,
+                handle.direction,
+                tcp_flags,
+            );
+        }
+        true
     }
 
     /// Creates a connection. `original` is the tuple of the packet as it
@@ -541,6 +617,7 @@ impl Conntrack {
 /// starting from the value `seen`. Returns the resulting state bits. Gives
 /// up if the slot was reused, or after [`STATE_CAS_ATTEMPTS`] lost races
 /// (then returning the last bits seen: another packet of the flow moved it).
+#[inline]
 fn advance_state(
     word: &AtomicU64,
     generation: u32,

@@ -65,11 +65,13 @@ impl<'a> Frame<'a> {
     }
 
     /// The packet bytes.
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buf[self.offset..self.offset + self.len]
     }
 
     /// The packet bytes, mutable.
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.offset..self.offset + self.len]
     }

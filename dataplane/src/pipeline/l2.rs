@@ -233,18 +233,23 @@ pub fn route<T: Tracer>(
         );
         return Err(Verdict::Drop(DropReason::Loop));
     }
-    let next_hop_mac = match next_hop(t, h.dst) {
-        Some(m) => m,
-        None if origin.generated && origin.l2_src != MacAddr::ZERO => origin.l2_src,
+    let (next_hop_mac, resolved) = match next_hop(t, h.dst) {
+        Some(m) => (m, true),
+        None if origin.generated && origin.l2_src != MacAddr::ZERO => (origin.l2_src, true),
         None => {
             trace_stage!(tr, Stage::Route, "next hop for {} not resolved", h.dst);
-            return Err(Verdict::Drop(DropReason::NeighbourUnresolved));
+            // Finished with a zero MAC: see `Pipeline::take_unresolved_next_hop`.
+            p.unresolved_next_hop = Some(h.dst);
+            (MacAddr::ZERO, false)
         }
     };
     if !origin.generated {
         decrement_ttl(frame, h)?;
     }
     set_l2(frame, t.node.uplink_mac, next_hop_mac)?;
+    if !resolved {
+        return Err(Verdict::Drop(DropReason::NeighbourUnresolved));
+    }
     trace_stage!(
         tr,
         Stage::Route,
@@ -307,14 +312,19 @@ fn encap<T: Tracer>(
         }
         return Err(Verdict::Drop(DropReason::TooBigNoFragmentation));
     }
-    let Some(next_hop_mac) = next_hop(t, remote.vtep_ip) else {
-        trace_stage!(
-            tr,
-            Stage::Encap,
-            "underlay neighbour {} not resolved",
-            remote.vtep_ip
-        );
-        return Err(Verdict::Drop(DropReason::NeighbourUnresolved));
+    let (next_hop_mac, resolved) = match next_hop(t, remote.vtep_ip) {
+        Some(m) => (m, true),
+        None => {
+            trace_stage!(
+                tr,
+                Stage::Encap,
+                "underlay neighbour {} not resolved",
+                remote.vtep_ip
+            );
+            // Finished with a zero MAC: see `Pipeline::take_unresolved_next_hop`.
+            p.unresolved_next_hop = Some(remote.vtep_ip);
+            (MacAddr::ZERO, false)
+        }
     };
     if !origin.generated {
         decrement_ttl(frame, h)?;
@@ -349,6 +359,9 @@ fn encap<T: Tracer>(
         ident,
     )
     .map_err(|_| Verdict::Drop(DropReason::NoBufferRoom))?;
+    if !resolved {
+        return Err(Verdict::Drop(DropReason::NeighbourUnresolved));
+    }
     trace_stage!(
         tr,
         Stage::Encap,

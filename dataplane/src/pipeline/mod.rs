@@ -17,6 +17,15 @@
 //!                        route: local pod veth │ remote node (VXLAN encap, MTU)
 //!                               │ uplink │ host ─► L2 rewrite, TTL ─► Verdict
 //! ```
+//!
+//! Before these stages, an untraced packet of an established flow whose
+//! action the worker has cached (`fast_path`: same table generation, same
+//! conntrack entry, same ingress and headers shape) is forwarded with that
+//! action directly: a fixed-offset parse (VXLAN decap included), one cache
+//! probe, one conntrack slot check, and the precomputed rewrite. Its output
+//! is byte-identical to the stages' (the outer IPv4 identification of
+//! VXLAN aside, a counter either way); anything the cache cannot vouch for
+//! runs the stages.
 
 mod fast_path;
 mod frame;
@@ -124,6 +133,9 @@ pub struct Pipeline {
     now: u64,
     /// Established flows' cached actions (see `fast_path`).
     flow_cache: fast_path::FlowCache,
+    /// Set with every `neighbour-unresolved` drop (see
+    /// [`Pipeline::take_unresolved_next_hop`]).
+    unresolved_next_hop: Option<Ipv4Addr>,
 }
 
 /// Result of a stage that may end the packet's journey early.
@@ -139,7 +151,19 @@ impl Pipeline {
             next_ident: 1,
             now: 0,
             flow_cache: fast_path::FlowCache::default(),
+            unresolved_next_hop: None,
         }
+    }
+
+    /// After a [`DropReason::NeighbourUnresolved`] verdict: the underlay
+    /// next hop whose MAC was missing (the destination, or the remote VTEP
+    /// for VXLAN; the default gateway stands in for either when resolved).
+    /// The frame was nevertheless finished (TTL, encapsulation, Ethernet
+    /// source) with an all-zero destination MAC, so the worker may hold it
+    /// and send it on the uplink once the neighbour is known by writing the
+    /// MAC into its first six bytes, as the kernel's ARP queue does.
+    pub fn take_unresolved_next_hop(&mut self) -> Option<Ipv4Addr> {
+        self.unresolved_next_hop.take()
     }
 
     /// Packets that took the established-flow fast path, and lookups that
@@ -178,6 +202,14 @@ impl Pipeline {
         tr: &mut T,
     ) -> Verdict {
         self.now = now_ns;
+        // Established flows whose action is cached skip every stage (the
+        // cache's contract is in `fast_path`). Traced packets never do.
+        if !tr.enabled() {
+            if let Some(v) = self.fast_path(t, now_ns, frame, ingress) {
+                self.stats.account(&v);
+                return v;
+            }
+        }
         let verdict = match self.stages(t, now_ns, frame, ingress, tr) {
             Ok(v) | Err(v) => v,
         };
@@ -189,6 +221,9 @@ impl Pipeline {
     }
 
     /// The stage order. Each `?` may end the journey with a verdict.
+    /// Kept out of line: the fast path in `process` then does not pay for
+    /// this function's frame.
+    #[inline(never)]
     fn stages<T: Tracer>(
         &mut self,
         t: &TableSet,
@@ -234,34 +269,6 @@ impl Pipeline {
             let (inner, outer_src) = l2::decap(t, frame, &h, tr)?;
             h = inner;
             origin.vxlan_src = Some(outer_src);
-        }
-
-        // Established flows whose action is cached skip every other stage
-        // (the cache's contract is in `fast_path`). Traced packets never do;
-        // neither do decapsulated ones: measured, their full path (no NAT,
-        // local delivery) is no dearer than the cache probe it would save.
-        let flow_id = fast_path::FlowId {
-            key: FlowKey {
-                src: h.src,
-                dst: h.dst,
-                sport: h.sport,
-                dport: h.dport,
-                proto: h.proto,
-            },
-            ingress,
-            l2_src,
-        };
-        if !tr.enabled() && !from_vxlan && fast_path::eligible(&h) {
-            let ident = self.next_ident();
-            if let Some(entry) = self.flow_cache.lookup(t, &flow_id, &h) {
-                if let Some(hit) = self.conntrack.lookup(&flow_id.key, now, h.tcp_flags) {
-                    if entry.confirmed_by(&hit) {
-                        let verdict = fast_path::forward(frame, &mut h, entry, ident);
-                        self.flow_cache.count_hit();
-                        return Ok(verdict.unwrap_or_else(Verdict::Drop));
-                    }
-                }
-            }
         }
 
         // Anti-spoof (pod veths only).
@@ -325,7 +332,7 @@ impl Pipeline {
         if let Some(IcmpKind::Error { .. }) = h.icmp {
             return reply::icmp_error(self, t, now, frame, &mut h, origin, tr);
         }
-        if let Some(hit) = self.conntrack.lookup(&key, now, h.tcp_flags) {
+        if let Some((hit, handle)) = self.conntrack.lookup_handle(&key, now, h.tcp_flags) {
             trace_stage!(
                 tr,
                 Stage::Conntrack,
@@ -349,8 +356,10 @@ impl Pipeline {
                 );
             }
             let verdict = l2::route(self, t, frame, &h, origin, tr)?;
-            if origin.vxlan_src.is_none() && fast_path::eligible(&h) {
-                self.flow_cache.record(t, flow_id, to, verdict, frame);
+            if fast_path::eligible(&h) {
+                let id = fast_path::FlowId::new(&key, ingress, l2_src, origin.vxlan_src);
+                self.flow_cache
+                    .record(t, id, handle, &key, &to, verdict, frame);
             }
             return Ok(verdict);
         }
@@ -452,6 +461,33 @@ impl Pipeline {
             );
         }
         l2::route(self, t, frame, &h, origin, tr)
+    }
+
+    /// The established-flow fast path: `Some` with the verdict when the
+    /// packet's flow has a cached action that still holds (see
+    /// `fast_path`); `None` (frame untouched) to run the full pipeline.
+    #[inline]
+    fn fast_path(
+        &mut self,
+        t: &TableSet,
+        now: u64,
+        frame: &mut Frame<'_>,
+        ingress: Ingress,
+    ) -> Option<Verdict> {
+        let c = fast_path::candidate(t, frame.data(), ingress)?;
+        let e = self.flow_cache.get(t, &c.id)?;
+        if !e.fits(frame, &c) || !self.conntrack.refresh(e.ct(), now, c.h.tcp_flags) {
+            return None;
+        }
+        let ident = if e.encapsulates() {
+            self.next_ident = self.next_ident.wrapping_add(1);
+            self.next_ident
+        } else {
+            0
+        };
+        let verdict = fast_path::forward(frame, &c, e, ident);
+        self.flow_cache.hits += 1;
+        Some(verdict)
     }
 
     /// One policy check; `Err` with the drop verdict when denied.

@@ -93,16 +93,7 @@ pub fn apply(
         ip[l4_rel..l4_rel + 2].copy_from_slice(&to.sport.to_be_bytes());
         ip[l4_rel + 2..l4_rel + 4].copy_from_slice(&to.dport.to_be_bytes());
         let old = u16::from_be_bytes([ip[csum_at], ip[csum_at + 1]]);
-        let new = match h.proto {
-            // RFC 768: zero means "no checksum" and stays zero; a computed
-            // zero is sent as all ones.
-            ip_proto::UDP if old == 0 => 0,
-            ip_proto::UDP => match apply_delta(old, d.l4) {
-                0 => 0xffff,
-                c => c,
-            },
-            _ => apply_delta(old, d.l4),
-        };
+        let new = l4_checksum(h.proto, old, d.l4);
         ip[csum_at..csum_at + 2].copy_from_slice(&new.to_be_bytes());
     }
     h.src = to.src;
@@ -110,6 +101,56 @@ pub fn apply(
     h.sport = to.sport;
     h.dport = to.dport;
     Ok(())
+}
+
+/// The TCP or UDP checksum `old` adjusted by `delta`. RFC 768: a UDP
+/// checksum of zero means "no checksum" and stays zero; a computed zero is
+/// sent as all ones.
+#[inline]
+pub fn l4_checksum(proto: u8, old: u16, delta: u32) -> u16 {
+    match proto {
+        ip_proto::UDP if old == 0 => 0,
+        ip_proto::UDP => match apply_delta(old, delta) {
+            0 => 0xffff,
+            c => c,
+        },
+        _ => apply_delta(old, delta),
+    }
+}
+
+/// `delta` reduced to at most 16 bits with end-around carries (zero stays
+/// zero): [`apply_folded`] with it gives what [`apply_delta`] gives with
+/// `delta`, with one fold instead of a loop. For deltas computed once per
+/// flow.
+pub fn fold_delta(delta: u32) -> u32 {
+    let mut sum = u64::from(delta);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u32
+}
+
+/// [`apply_delta`] for a delta reduced by [`fold_delta`]. `!csum + delta`
+/// is at most 0x1fffe, so one end-around carry brings it to 16 bits; the
+/// result is the same representative (1..=0xffff, or the unchanged
+/// checksum for a zero delta).
+#[inline]
+pub fn apply_folded(csum: u16, folded: u32) -> u16 {
+    let sum = u32::from(!csum) + (folded & 0xffff);
+    !(((sum & 0xffff) + (sum >> 16)) as u16)
+}
+
+/// [`l4_checksum`] for a delta reduced by [`fold_delta`].
+#[inline]
+pub fn l4_checksum_folded(proto: u8, old: u16, folded: u32) -> u16 {
+    match proto {
+        ip_proto::UDP if old == 0 => 0,
+        ip_proto::UDP => match apply_folded(old, folded) {
+            0 => 0xffff,
+            c => c,
+        },
+        _ => apply_folded(old, folded),
+    }
 }
 
 /// Write `to`'s addresses into the IPv4 header `ip` and adjust its checksum
@@ -120,17 +161,6 @@ fn write_addresses(ip: &mut [u8], to: &FlowKey, delta: u32) -> Result<(), DropRe
     hdr[16..20].copy_from_slice(&to.dst.octets());
     let csum = u16::from_be_bytes([hdr[10], hdr[11]]);
     hdr[10..12].copy_from_slice(&apply_delta(csum, delta).to_be_bytes());
-    Ok(())
-}
-
-/// Adjust only the IPv4 header checksum of `h`'s packet by `delta` (for a
-/// header change the caller already wrote, such as the TTL).
-pub fn apply_ip_delta(packet: &mut [u8], h: &Headers, delta: u32) -> Result<(), DropReason> {
-    let csum = packet
-        .get_mut(h.ip_off + 10..h.ip_off + 12)
-        .ok_or(DropReason::Malformed)?;
-    let old = u16::from_be_bytes([csum[0], csum[1]]);
-    csum.copy_from_slice(&apply_delta(old, delta).to_be_bytes());
     Ok(())
 }
 
@@ -155,7 +185,7 @@ fn port_delta(old: u16, new: u16) -> u32 {
 
 /// `HC' = ~(~HC + delta)` (RFC 1624 eqn 3), folded.
 #[inline]
-fn apply_delta(csum: u16, delta: u32) -> u16 {
+pub fn apply_delta(csum: u16, delta: u32) -> u16 {
     if delta == 0 {
         return csum;
     }
@@ -265,6 +295,22 @@ mod tests {
                 want[40..42].copy_from_slice(&[0xff, 0xff]);
             }
             prop_assert_eq!(pkt, want);
+        }
+    }
+
+    proptest! {
+        /// One fold of a pre-folded delta is the looped fold, for every
+        /// checksum and delta (including zero and multiples of 0xffff).
+        #[test]
+        fn folded_deltas_give_the_same_checksums(
+            csum in any::<u16>(),
+            delta in prop_oneof![any::<u32>(), 0u32..0x4_0000, Just(0u32), Just(0xffff), Just(0x1fffe)],
+            proto in prop_oneof![Just(ip_proto::UDP), Just(ip_proto::TCP)],
+        ) {
+            let folded = fold_delta(delta);
+            prop_assert!(folded <= 0xffff);
+            prop_assert_eq!(apply_folded(csum, folded), apply_delta(csum, delta));
+            prop_assert_eq!(l4_checksum_folded(proto, csum, folded), l4_checksum(proto, csum, delta));
         }
     }
 

@@ -1369,7 +1369,7 @@ fn fast_path_forwards_exactly_like_the_full_pipeline() {
             Ingress::Pod { ifindex: A2_IF },
         ),
     ];
-    // A flow arriving over VXLAN from node-b (decapsulated; never cached).
+    // A flow arriving over VXLAN from node-b (decapsulated, then cached).
     let mut script = script;
     script.push((
         vxlan_packet(
@@ -1528,4 +1528,94 @@ fn stale_udp_service_entries_are_flushed_after_a_publish_and_tcp_is_kept() {
         "only the UDP flow through the Service"
     );
     assert_eq!(p.conntrack().len(), 2);
+}
+
+#[test]
+fn decapsulated_flows_take_the_fast_path_and_still_get_every_vxlan_check() {
+    let (t, mut p) = (tables(), pipeline());
+    let inner = udp(VTEP_B_MAC, VTEP_A_MAC, B1, A1, 63, 5353, 45000, b"answer");
+    let outer = vxlan_packet(NODE_B, NODE_A, 1, &inner);
+    let want = udp(A1_HOST_MAC, A1_POD_MAC, B1, A1, 62, 5353, 45000, b"answer");
+    // Commit, record, then hit: every output is the full path's.
+    for _ in 0..3 {
+        let (v, out) = run_fast(&mut p, &t, SEC, &outer, Ingress::Uplink);
+        assert_eq!(v, Verdict::Forward(Egress::Pod { ifindex: A1_IF }));
+        assert_eq!(out, want);
+    }
+    assert_eq!(p.fast_path_counts().0, 1);
+    // The same inner flow with a wrong VNI, or from a node that is not a
+    // VTEP, or without the I flag: the per-packet checks still drop it.
+    let (v, _) = run_fast(
+        &mut p,
+        &t,
+        SEC,
+        &vxlan_packet(NODE_B, NODE_A, 7, &inner),
+        Ingress::Uplink,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::VxlanWrongVni));
+    let (v, _) = run_fast(
+        &mut p,
+        &t,
+        SEC,
+        &vxlan_packet(CLIENT, NODE_A, 1, &inner),
+        Ingress::Uplink,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::VxlanUnknownSource));
+    let mut no_i = outer.clone();
+    no_i[42] = 0;
+    let (v, _) = run_fast(&mut p, &t, SEC, &no_i, Ingress::Uplink);
+    assert_eq!(v, Verdict::Drop(DropReason::VxlanInvalidFlags));
+    // The same inner packet not encapsulated, from the uplink: not the
+    // cached action (no decapsulation, other cache id).
+    let (v, _) = run_fast(&mut p, &t, SEC, &inner, Ingress::Uplink);
+    let (vs, _, _) = run(&mut pipeline(), &t, SEC, &inner, Ingress::Uplink);
+    assert_eq!(v, vs);
+    assert_eq!(p.fast_path_counts().0, 1, "none of these hit");
+    let (v, out) = run_fast(&mut p, &t, SEC, &outer, Ingress::Uplink);
+    assert_eq!(
+        (v, out),
+        (Verdict::Forward(Egress::Pod { ifindex: A1_IF }), want)
+    );
+    assert_eq!(p.fast_path_counts().0, 2);
+}
+
+#[test]
+fn fast_path_follows_conntrack_without_a_publish() {
+    // Same table generation throughout: only conntrack changes.
+    let t = tables();
+    let mut p = pipeline();
+    let q = udp(A1_POD_MAC, A1_HOST_MAC, A1, VIP_LOCAL, 64, 43011, 80, b"q");
+    for _ in 0..3 {
+        run_fast(&mut p, &t, SEC, &q, Ingress::Pod { ifindex: A1_IF });
+    }
+    assert_eq!(p.fast_path_counts().0, 1);
+    // Flushed: the next packet is a new flow again (committed by the full
+    // path), never the cached action.
+    assert_eq!(
+        p.conntrack().flush_matching(|e| e.original.sport == 43011),
+        1
+    );
+    let (v, out) = run_fast(&mut p, &t, 2 * SEC, &q, Ingress::Pod { ifindex: A1_IF });
+    let (vs, outs, _) = run(
+        &mut pipeline(),
+        &t,
+        2 * SEC,
+        &q,
+        Ingress::Pod { ifindex: A1_IF },
+    );
+    assert_eq!((v, out), (vs, outs));
+    assert_eq!(p.fast_path_counts().0, 1, "no hit on a flushed entry");
+    assert_eq!(p.conntrack().len(), 1, "committed anew");
+    // Expired (UDP, unreplied: 30 s): the cached action is not used either.
+    run_fast(&mut p, &t, 3 * SEC, &q, Ingress::Pod { ifindex: A1_IF });
+    assert_eq!(p.fast_path_counts().0, 1, "the full path recorded it again");
+    run_fast(&mut p, &t, 4 * SEC, &q, Ingress::Pod { ifindex: A1_IF });
+    assert_eq!(p.fast_path_counts().0, 2);
+    let late = 4 * SEC + 30 * SEC;
+    let before = p.conntrack().iter().next().unwrap();
+    assert!(before.is_expired(late));
+    run_fast(&mut p, &t, late, &q, Ingress::Pod { ifindex: A1_IF });
+    assert_eq!(p.fast_path_counts().0, 2, "no hit on an expired entry");
+    let after = p.conntrack().iter().next().unwrap();
+    assert_eq!(after.last_seen_ns, late, "re-committed at {late}");
 }

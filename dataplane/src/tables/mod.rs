@@ -128,7 +128,7 @@ impl Default for VxlanConfig {
 
 /// Per-node settings the pipeline needs, compiled with the tables so a
 /// generation is self-consistent.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NodeConfig {
     /// This node's Kubernetes name.
     pub node_name: String,
@@ -191,7 +191,7 @@ impl NodeConfig {
 
 /// Underlay neighbours (IP -> MAC), from the kernel's neighbour table at run
 /// time or given statically (trace, tests).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NeighbourTable {
     entries: rustc_hash::FxHashMap<Ipv4Addr, MacAddr>,
     /// Used for destinations that are not on the underlay subnet.
@@ -262,6 +262,14 @@ impl TablePublisher {
     /// generation keep it until they load again.
     pub fn publish(&self, tables: TableSet) {
         self.current.store(Arc::new(tables));
+    }
+
+    /// Make `tables` current and hand back the generation it replaces, so
+    /// the caller decides where that one is freed (the last reader to
+    /// drop a generation frees it; a caller that keeps the returned handle
+    /// until readers moved on keeps that work off the workers).
+    pub fn replace(&self, tables: Arc<TableSet>) -> Arc<TableSet> {
+        self.current.swap(tables)
     }
 
     /// The generation currently published.

@@ -24,7 +24,7 @@ pub struct PodInterface {
 }
 
 /// One pod on this node.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LocalPod {
     pub ip: Ipv4Addr,
     pub namespace: Arc<str>,
@@ -43,7 +43,7 @@ impl LocalPod {
 }
 
 /// Local pods indexed by IP and by host-side ifindex.
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PodTable {
     pods: Vec<LocalPod>,
     #[serde(skip)]

@@ -541,7 +541,7 @@ impl SlotPolicy {
 }
 
 /// Per-pod, per-direction compiled rules.
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct PolicyTable {
     /// Deny slots the table does not know (compiled tables); allow_all
     /// isolates nobody.

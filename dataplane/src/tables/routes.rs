@@ -97,7 +97,7 @@ pub struct RemoteNode {
 /// Longest-prefix match over remote pod CIDRs: one hash map per prefix
 /// length present, probed longest first. Clusters use one or two lengths, so
 /// a lookup is one or two hash probes whatever the number of nodes.
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RouteTable {
     nodes: Vec<RemoteNode>,
     routes: Vec<(Ipv4Cidr, u32)>,

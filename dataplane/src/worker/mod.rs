@@ -49,6 +49,20 @@
 //! duplicate of the socket's descriptor to register in the XSKMAP; drop it
 //! right after). Removing a port closes it through the factory.
 //!
+//! # Unresolved next hops
+//!
+//! A frame the pipeline drops with `neighbour-unresolved` names the next
+//! hop it lacked (`Pipeline::take_unresolved_next_hop`). The worker then
+//! (1) asks the control loop to resolve it through the lock-free
+//! [`NeighbourRequests`] set of [`WorkerConfig::neighbour_requests`], and
+//! (2) parks the frame ([`ParkedFrames`], bounded by
+//! [`WorkerConfig::park`]) until a published table has the MAC; it is then
+//! sent on the uplink, or released after the timeout. The pipeline counts
+//! the frame as a `neighbour-unresolved` drop either way; the worker counts
+//! what became of it (`neighbour_*` in [`WorkerCounters`]). Frames whose
+//! neighbour is known never reach this code; an iteration with nothing
+//! parked pays one length check.
+//!
 //! # Null forwarding
 //!
 //! [`Forwarding::Null`] skips the pipeline: a frame received on interface
@@ -57,6 +71,7 @@
 //! It measures the I/O floor (`kxdp run --null-pipeline`).
 
 pub mod afxdp;
+pub mod neighbour;
 pub mod stats;
 
 use std::fmt;
@@ -74,6 +89,7 @@ use crate::pipeline::{Egress, Ingress, NoTrace, Pipeline, Verdict, WorkerStats};
 use crate::tables::TableReader;
 use crate::DropReason;
 
+pub use neighbour::{NeighbourRequests, ParkedFrames, Request, Settled};
 pub use stats::{PortSnapshot, SharedStats, WorkerCounters, WorkerSnapshot};
 
 /// Largest rx batch a port is asked for.
@@ -173,6 +189,28 @@ impl Default for IdlePolicy {
     }
 }
 
+/// How many frames a worker holds for unresolved next hops (the kernel's
+/// `unres_qlen`-style ARP queue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParkConfig {
+    /// Frames held in all (0: none, such frames are dropped).
+    pub capacity: usize,
+    /// Frames held per next hop (the kernel's ARP queue keeps about 3).
+    pub per_hop: usize,
+    /// How long a frame waits for its next hop.
+    pub timeout: Duration,
+}
+
+impl Default for ParkConfig {
+    fn default() -> Self {
+        ParkConfig {
+            capacity: 64,
+            per_hop: 4,
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Configuration of one worker.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -186,6 +224,10 @@ pub struct WorkerConfig {
     pub core: Option<usize>,
     pub idle: IdlePolicy,
     pub forwarding: Forwarding,
+    /// Where unresolved next hops are signalled (None: nowhere).
+    pub neighbour_requests: Option<Arc<NeighbourRequests>>,
+    /// Frames held for unresolved next hops.
+    pub park: ParkConfig,
 }
 
 impl WorkerConfig {
@@ -198,6 +240,8 @@ impl WorkerConfig {
             core: None,
             idle: IdlePolicy::default(),
             forwarding: Forwarding::Pipeline,
+            neighbour_requests: None,
+            park: ParkConfig::default(),
         }
     }
 }
@@ -255,6 +299,10 @@ pub struct Worker<F: PortFactory> {
     commands: Option<Receiver<Command<F::Spec, F::Opened>>>,
     bufs: Vec<<F::Store as FrameStore>::Buf>,
     verdicts: Vec<Verdict>,
+    /// (index in the batch, next hop) of this batch's frames dropped with
+    /// `neighbour-unresolved`.
+    unresolved: Vec<(usize, std::net::Ipv4Addr)>,
+    parked: ParkedFrames<<F::Store as FrameStore>::Buf>,
     dirty: Vec<bool>,
     next_port: usize,
     counters: WorkerCounters,
@@ -285,6 +333,7 @@ impl<F: PortFactory> Worker<F> {
     ) -> Self {
         let batch = cfg.batch.clamp(1, MAX_BATCH);
         let shared = Arc::new(SharedStats::new(cfg.id));
+        let parked = ParkedFrames::new(cfg.park.capacity, cfg.park.per_hop, cfg.park.timeout);
         Worker {
             cfg: WorkerConfig { batch, ..cfg },
             store,
@@ -298,6 +347,8 @@ impl<F: PortFactory> Worker<F> {
             commands: None,
             bufs: Vec::with_capacity(batch),
             verdicts: Vec::with_capacity(batch),
+            unresolved: Vec::with_capacity(batch),
+            parked,
             dirty: Vec::new(),
             next_port: 0,
             counters: WorkerCounters::default(),
@@ -452,6 +503,9 @@ impl<F: PortFactory> Worker<F> {
         let mut received = 0;
         if n_ports > 0 {
             let tables = self.tables.load();
+            if !self.parked.is_empty() {
+                self.settle_parked(&tables);
+            }
             for k in 0..n_ports {
                 let i = (self.next_port + k) % n_ports;
                 received += self.rx_batch(i, &tables);
@@ -493,7 +547,8 @@ impl<F: PortFactory> Worker<F> {
         self.counters.batches += 1;
         let now = monotonic_ns();
         self.verdicts.clear();
-        for buf in self.bufs.iter_mut() {
+        self.unresolved.clear();
+        for (idx, buf) in self.bufs.iter_mut().enumerate() {
             let verdict = match self.cfg.forwarding {
                 Forwarding::Pipeline => {
                     let Ok(mut frame) = self.store.frame(buf) else {
@@ -504,6 +559,12 @@ impl<F: PortFactory> Worker<F> {
                     let v = self
                         .pipeline
                         .process(tables, now, &mut frame, ingress, &mut NoTrace);
+                    if v == Verdict::Drop(DropReason::NeighbourUnresolved) {
+                        if let Some(hop) = self.pipeline.take_unresolved_next_hop() {
+                            self.unresolved.push((idx, hop));
+                            request_resolution(&self.cfg, &mut self.counters, hop);
+                        }
+                    }
                     let (off, len) = (frame.offset, frame.len);
                     if buf.set_bounds(off, len).is_err() {
                         self.counters.frame_errors += 1;
@@ -530,13 +591,27 @@ impl<F: PortFactory> Worker<F> {
             store,
             bufs,
             verdicts,
+            unresolved,
+            parked,
             by_ifindex,
             uplink,
             dirty,
             counters,
             ..
         } = self;
-        for (buf, verdict) in bufs.drain(..).zip(verdicts.iter()) {
+        let mut unresolved = unresolved.iter().peekable();
+        for (idx, (buf, verdict)) in bufs.drain(..).zip(verdicts.iter()).enumerate() {
+            let hop = unresolved.next_if(|(i, _)| *i == idx).map(|&(_, hop)| hop);
+            if let (Some(hop), Verdict::Drop(DropReason::NeighbourUnresolved)) = (hop, verdict) {
+                match parked.park(hop, buf, now) {
+                    Ok(()) => counters.neighbour_parked += 1,
+                    Err(buf) => {
+                        counters.neighbour_park_full += 1;
+                        store.release(buf);
+                    }
+                }
+                continue;
+            }
             let target = match *verdict {
                 Verdict::Forward(e) | Verdict::Reply(e, _) => match e {
                     Egress::Pod { ifindex } => by_ifindex.get(&ifindex).copied(),
@@ -566,6 +641,62 @@ impl<F: PortFactory> Worker<F> {
             }
         }
         n
+    }
+
+    /// Sends the parked frames whose next hop `tables` now resolves (the
+    /// same rule as the pipeline: the hop's own entry, else the default
+    /// gateway's) and releases those that waited too long.
+    fn settle_parked(&mut self, tables: &crate::tables::TableSet) {
+        let now = monotonic_ns();
+        let Worker {
+            ports,
+            store,
+            parked,
+            uplink,
+            dirty,
+            counters,
+            ..
+        } = self;
+        let lookup = |ip| {
+            tables.neighbours.lookup(ip).or_else(|| {
+                tables
+                    .neighbours
+                    .default_gateway
+                    .and_then(|gw| tables.neighbours.lookup(gw))
+            })
+        };
+        parked.settle(now, lookup, |settled| match settled {
+            Settled::Send(mut buf, mac) => {
+                let patched = store
+                    .frame(&mut buf)
+                    .ok()
+                    .and_then(|mut f| {
+                        f.data_mut()
+                            .get_mut(..6)
+                            .map(|dst| dst.copy_from_slice(&mac.0))
+                    })
+                    .is_some();
+                let port = uplink.and_then(|u| ports.get_mut(u).map(|p| (u, p)));
+                match port {
+                    Some((u, port)) if patched => {
+                        counters.neighbour_parked_sent += 1;
+                        if port.send(store, buf) {
+                            if let Some(d) = dirty.get_mut(u) {
+                                *d = true;
+                            }
+                        }
+                    }
+                    _ => {
+                        counters.no_egress_port += 1;
+                        store.release(buf);
+                    }
+                }
+            }
+            Settled::Expired(buf) => {
+                counters.neighbour_parked_expired += 1;
+                store.release(buf);
+            }
+        });
     }
 
     fn maybe_publish(&mut self, force: bool) {
@@ -615,6 +746,8 @@ impl<F: PortFactory> Worker<F> {
 
     /// Closes every port (frames back to the store) and publishes stats.
     pub fn shutdown(&mut self) {
+        let store = &mut self.store;
+        self.parked.drain_all(|buf| store.release(buf));
         self.maybe_publish(true);
         for mut port in std::mem::take(&mut self.ports) {
             port.flush(&mut self.store);
@@ -622,6 +755,18 @@ impl<F: PortFactory> Worker<F> {
             self.factory.close(&mut self.store, port);
         }
         self.reindex();
+    }
+}
+
+/// Signals `hop` to the control loop (see the module docs).
+fn request_resolution(cfg: &WorkerConfig, counters: &mut WorkerCounters, hop: std::net::Ipv4Addr) {
+    let Some(req) = &cfg.neighbour_requests else {
+        return;
+    };
+    match req.request(hop) {
+        Request::Queued => counters.neighbour_requests += 1,
+        Request::Full => counters.neighbour_requests_full += 1,
+        Request::Duplicate | Request::Ignored => {}
     }
 }
 

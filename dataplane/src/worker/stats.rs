@@ -33,6 +33,18 @@ pub struct WorkerCounters {
     pub null_forwarded: u64,
     /// Null forwarding: frames from an interface without a peer.
     pub null_no_peer: u64,
+    /// Unresolved next hops newly signalled to the control loop.
+    pub neighbour_requests: u64,
+    /// Signals dropped because the request set was full.
+    pub neighbour_requests_full: u64,
+    /// Frames held for an unresolved next hop.
+    pub neighbour_parked: u64,
+    /// ... of which were sent once it resolved.
+    pub neighbour_parked_sent: u64,
+    /// ... of which waited in vain and were released.
+    pub neighbour_parked_expired: u64,
+    /// Frames for an unresolved next hop not held (no room): released.
+    pub neighbour_park_full: u64,
 }
 
 /// Counters of one port at snapshot time.
@@ -100,6 +112,12 @@ pub fn merge(snapshots: &[Arc<WorkerSnapshot>]) -> WorkerSnapshot {
         t.frame_errors += c.frame_errors;
         t.null_forwarded += c.null_forwarded;
         t.null_no_peer += c.null_no_peer;
+        t.neighbour_requests += c.neighbour_requests;
+        t.neighbour_requests_full += c.neighbour_requests_full;
+        t.neighbour_parked += c.neighbour_parked;
+        t.neighbour_parked_sent += c.neighbour_parked_sent;
+        t.neighbour_parked_expired += c.neighbour_parked_expired;
+        t.neighbour_park_full += c.neighbour_park_full;
         total.ports.extend(s.ports.iter().cloned());
         total.free_frames += s.free_frames;
         total.published_ns = total.published_ns.max(s.published_ns);

@@ -468,3 +468,199 @@ fn monotonic_clock_does_not_go_back() {
     let b = monotonic_ns();
     assert!(b >= a);
 }
+
+/// A worker like [`worker`] whose tables lack node-b's neighbour entry,
+/// signalling to `requests`; also returns the publisher.
+fn unresolved_worker(
+    requests: &Arc<NeighbourRequests>,
+    park: ParkConfig,
+) -> (Worker<MemFactory>, TablePublisher) {
+    let mut t = tables();
+    t.neighbours = NeighbourTable::default();
+    let (publisher, reader) = publication(t);
+    let ct = Arc::new(Conntrack::new(CtConfig {
+        capacity: 1024,
+        ..CtConfig::default()
+    }));
+    let aff = Arc::new(AffinityTable::new(64, None));
+    let cfg = WorkerConfig {
+        neighbour_requests: Some(requests.clone()),
+        park,
+        ..WorkerConfig::new(0)
+    };
+    let factory = MemFactory {
+        closed: None,
+        preload: Vec::new(),
+    };
+    let mut w = Worker::new(cfg, MemStore::new(FRAMES), factory, reader, ct, aff);
+    w.add_port(&(Ingress::Uplink, UPLINK_IF)).unwrap();
+    w.add_port(&(Ingress::Pod { ifindex: A1_IF }, A1_IF))
+        .unwrap();
+    (w, publisher)
+}
+
+#[test]
+fn unresolved_next_hop_is_signalled_parked_and_sent_once_resolved() {
+    let requests = Arc::new(NeighbourRequests::new());
+    let (mut w, publisher) = unresolved_worker(&requests, ParkConfig::default());
+    let first = udp(A1_POD, A1_HOST, A1, B1, b"first");
+    let second = udp(A1_POD, A1_HOST, A1, B1, b"second");
+    w.port_mut(A1_IF).unwrap().inject(&first);
+    w.port_mut(A1_IF).unwrap().inject(&second);
+    assert_eq!(w.poll_once(), 2);
+
+    // Nothing left yet; both counted as neighbour-unresolved drops.
+    assert!(sent(&mut w, UPLINK_IF).is_empty());
+    assert_eq!(
+        w.pipeline_stats()
+            .drops
+            .get(DropReason::NeighbourUnresolved),
+        2
+    );
+    // One request for node-b's VTEP (the second packet found it queued).
+    let mut asked = Vec::new();
+    assert_eq!(requests.drain(&mut asked), 1);
+    assert_eq!(asked, vec![NODE_B]);
+    assert_eq!(w.counters().neighbour_requests, 1);
+    assert_eq!(w.counters().neighbour_parked, 2);
+    assert_eq!(w.store().free_frames(), FRAMES - 2, "held, not released");
+
+    // Still unresolved: held, not re-sent.
+    w.poll_once();
+    assert!(sent(&mut w, UPLINK_IF).is_empty());
+
+    // The control loop resolved it: the next generation has the MAC.
+    let mut t = tables();
+    t.generation = 2;
+    publisher.publish(t);
+    w.poll_once();
+    let out = sent(&mut w, UPLINK_IF);
+    assert_eq!(w.counters().neighbour_parked_sent, 2);
+    assert_eq!(w.store().free_frames(), FRAMES);
+
+    // Byte for byte what a worker with the neighbour known sends, in order.
+    let mut reference = worker(Forwarding::Pipeline);
+    reference.port_mut(A1_IF).unwrap().inject(&first);
+    reference.port_mut(A1_IF).unwrap().inject(&second);
+    reference.poll_once();
+    let expected = sent(&mut reference, UPLINK_IF);
+    assert_eq!(expected.len(), 2);
+    assert_eq!(out, expected);
+    assert_eq!(&out[0][..6], &NODE_B_MAC);
+}
+
+#[test]
+fn parked_frames_expire_and_overflow_is_released() {
+    let requests = Arc::new(NeighbourRequests::new());
+    let park = ParkConfig {
+        capacity: 2,
+        per_hop: 2,
+        timeout: Duration::from_millis(1),
+    };
+    let (mut w, _publisher) = unresolved_worker(&requests, park);
+    for _ in 0..3 {
+        w.port_mut(A1_IF)
+            .unwrap()
+            .inject(&udp(A1_POD, A1_HOST, A1, B1, b"x"));
+    }
+    w.poll_once();
+    assert_eq!(w.counters().neighbour_parked, 2);
+    assert_eq!(w.counters().neighbour_park_full, 1);
+    assert_eq!(w.store().free_frames(), FRAMES - 2);
+    std::thread::sleep(Duration::from_millis(5));
+    w.poll_once();
+    assert_eq!(w.counters().neighbour_parked_expired, 2);
+    assert!(sent(&mut w, UPLINK_IF).is_empty());
+    assert_eq!(w.store().free_frames(), FRAMES);
+}
+
+#[test]
+fn without_parking_the_frame_is_dropped_and_still_signalled() {
+    let requests = Arc::new(NeighbourRequests::new());
+    let park = ParkConfig {
+        capacity: 0,
+        ..ParkConfig::default()
+    };
+    let (mut w, _publisher) = unresolved_worker(&requests, park);
+    w.port_mut(A1_IF)
+        .unwrap()
+        .inject(&udp(A1_POD, A1_HOST, A1, B1, b"x"));
+    w.poll_once();
+    assert!(requests.is_pending());
+    assert_eq!(w.counters().neighbour_requests, 1);
+    assert_eq!(w.counters().neighbour_park_full, 1);
+    assert_eq!(w.store().free_frames(), FRAMES);
+    w.shutdown();
+}
+
+#[test]
+fn masqueraded_flow_to_an_unresolved_host_leaves_once_it_resolves() {
+    // Pod a1 -> an underlay host node-a has no neighbour entry for (and no
+    // default gateway): masqueraded, routed out of the uplink unencapsulated.
+    const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
+    const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x64, 0x01];
+    let requests = Arc::new(NeighbourRequests::new());
+    let (mut w, publisher) = unresolved_worker(&requests, ParkConfig::default());
+    w.port_mut(A1_IF)
+        .unwrap()
+        .inject(&udp(A1_POD, A1_HOST, A1, HOST, b"syn"));
+    w.poll_once();
+    assert!(sent(&mut w, UPLINK_IF).is_empty());
+    assert_eq!(
+        w.pipeline_stats()
+            .drops
+            .get(DropReason::NeighbourUnresolved),
+        1
+    );
+    let mut asked = Vec::new();
+    requests.drain(&mut asked);
+    assert_eq!(asked, vec![HOST], "the destination itself is the next hop");
+
+    let mut t = tables();
+    t.generation = 2;
+    t.neighbours.insert(HOST, MacAddr(HOST_MAC));
+    publisher.publish(t);
+    w.poll_once();
+    let out = sent(&mut w, UPLINK_IF);
+    assert_eq!(out.len(), 1);
+    let p = SlicedPacket::from_ethernet(&out[0]).unwrap();
+    let eth = p.link.as_ref().unwrap().to_header().unwrap();
+    let eth = eth.ethernet2().unwrap();
+    assert_eq!(eth.destination, HOST_MAC);
+    assert_eq!(eth.source, UPLINK_MAC);
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
+    assert_eq!(ip.header().source_addr(), NODE_A, "masqueraded");
+    assert_eq!(ip.header().destination_addr(), HOST);
+    assert_eq!(ip.header().ttl(), 63, "decremented once");
+    // Header and UDP checksums are still right after the late MAC write.
+    let h = etherparse::Ipv4Header::from_slice(ip.header().slice())
+        .unwrap()
+        .0;
+    assert_eq!(h.calc_header_checksum(), h.header_checksum);
+    let Some(TransportSlice::Udp(u)) = &p.transport else {
+        panic!("not UDP")
+    };
+    assert_eq!(u.payload(), b"syn");
+    let hdr = u.to_header();
+    assert_eq!(
+        hdr.calc_checksum_ipv4(&h, u.payload()).unwrap(),
+        hdr.checksum
+    );
+    assert_eq!(w.counters().neighbour_parked_sent, 1);
+    assert_eq!(w.store().free_frames(), FRAMES);
+}
+
+#[test]
+fn shutdown_returns_parked_frames_to_the_store() {
+    let requests = Arc::new(NeighbourRequests::new());
+    let (mut w, _publisher) = unresolved_worker(&requests, ParkConfig::default());
+    w.port_mut(A1_IF)
+        .unwrap()
+        .inject(&udp(A1_POD, A1_HOST, A1, B1, b"x"));
+    w.poll_once();
+    assert_eq!(w.store().free_frames(), FRAMES - 1);
+    w.shutdown();
+    assert_eq!(w.store().free_frames(), FRAMES);
+}
