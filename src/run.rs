@@ -74,7 +74,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use kxdp_control::admin::{start_admin_with, AdminState, DataplaneView};
+use kxdp_control::admin::{start_admin_with, AdminServer, AdminState, DataplaneView};
 use kxdp_control::compile::{compile, CompileOptions, NodeEnvironment};
 use kxdp_control::metrics::{Metrics, PacketCounters};
 use kxdp_control::policy::PolicyCompiler;
@@ -777,6 +777,25 @@ fn spawn_worker_with(
     .context("starting the worker")
 }
 
+/// Starts the admin API on `--admin` (None for `off`).
+fn start_admin(
+    args: &RunArgs,
+    state: AdminState,
+    view: DataplaneView,
+) -> Result<Option<AdminServer>> {
+    if args.admin == "off" {
+        return Ok(None);
+    }
+    let addr: SocketAddr = args
+        .admin
+        .parse()
+        .with_context(|| format!("--admin {:?}", args.admin))?;
+    let server = start_admin_with(addr, IpAddr::V4(Ipv4Addr::UNSPECIFIED), state, view)
+        .context("starting the admin API")?;
+    tracing::info!(addr = %server.local_addr(), "admin API listening");
+    Ok(Some(server))
+}
+
 fn busy_poll(args: &RunArgs) -> Option<(BusyPoll, NapiSettings)> {
     args.busy_poll.then(|| {
         (
@@ -942,28 +961,18 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
             );
         }
     }));
-    let admin = if args.admin == "off" {
-        None
-    } else {
-        let addr: SocketAddr = args
-            .admin
-            .parse()
-            .with_context(|| format!("--admin {:?}", args.admin))?;
-        let server = start_admin_with(
-            addr,
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            AdminState {
-                status: status.clone(),
-                metrics: metrics.clone(),
-                tables: slot.clone(),
-            },
-            dataplane_view.clone(),
-        )
-        .context("starting the admin API")?;
+    let admin = start_admin(
+        args,
+        AdminState {
+            status: status.clone(),
+            metrics: metrics.clone(),
+            tables: slot.clone(),
+        },
+        dataplane_view.clone(),
+    )?;
+    if let Some(server) = &admin {
         hooks.push(server.health_checks().publish_hook());
-        tracing::info!(addr = %server.local_addr(), "admin API listening");
-        Some(server)
-    };
+    }
     let (events_tx, events_rx) = source::channel();
     let mut opts = CompileOptions::new(&args.node);
     opts.masquerade_port_range = args.masquerade_ports;
@@ -1275,31 +1284,19 @@ fn run_null(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     // The admin API serves the worker's counters (/metrics, /debug/stats)
     // here too, so benchmarks read the same per-socket statistics in both
     // modes; no tables are compiled, so /readyz stays unready.
-    let _admin = if args.admin == "off" {
-        None
-    } else {
-        let addr: SocketAddr = args
-            .admin
-            .parse()
-            .with_context(|| format!("--admin {:?}", args.admin))?;
-        let metrics = Arc::new(Metrics::new());
-        metrics.set_packet_counters(Arc::new(WorkerPackets(vec![worker.stats()])));
-        let view = DataplaneView::new();
-        view.set_workers(vec![worker.stats()]);
-        let server = start_admin_with(
-            addr,
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            AdminState {
-                status: Arc::new(Status::new(&RunnerConfig::default())),
-                metrics,
-                tables: Arc::new(TableSlot::new()),
-            },
-            view,
-        )
-        .context("starting the admin API")?;
-        tracing::info!(addr = %server.local_addr(), "admin API listening");
-        Some(server)
-    };
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_packet_counters(Arc::new(WorkerPackets(vec![worker.stats()])));
+    let view = DataplaneView::new();
+    view.set_workers(vec![worker.stats()]);
+    let _admin = start_admin(
+        args,
+        AdminState {
+            status: Arc::new(Status::new(&RunnerConfig::default())),
+            metrics,
+            tables: Arc::new(TableSlot::new()),
+        },
+        view,
+    )?;
     let mut dp = Dataplane {
         steering: load_steering(args)?,
         worker,

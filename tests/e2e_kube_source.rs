@@ -49,15 +49,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::kxdp::{admin_request, http_get, metric, KxdpProcess, TempDir};
 use common::topology::{skip_if_unsupported, Netns, TopoResult, Topology, TopologyOptions};
+use common::whoami::{tcp_whoami, NameServer};
 use kxdp_control::testing::fake_apiserver::{self as fake, Binder, FakeApiServer};
 use serde_json::{json, Value};
 
@@ -94,72 +94,6 @@ fn netns_binder(ns: &Netns) -> Binder {
         })
         .join()
         .map_err(|_| std::io::Error::other("binder thread panicked"))?
-    })
-}
-
-/// A TCP server in a pod namespace answering every connection on
-/// [`SERVER_PORT`] with `"<name> <peer ip>"`; stops on drop (or after two
-/// minutes at most).
-struct Whoami {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<TopoResult<()>>>,
-}
-
-impl Whoami {
-    fn start(ns: &Netns, name: &str) -> TopoResult<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
-        let (name, flag) = (name.to_owned(), stop.clone());
-        let handle = ns.spawn(move || {
-            let l = TcpListener::bind(("0.0.0.0", SERVER_PORT))
-                .map_err(|e| format!("bind :{SERVER_PORT}: {e}"))?;
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let _ = tx.send(());
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match l.accept() {
-                    Ok((mut s, peer)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-                        let _ = write!(s, "{name} {}", peer.ip());
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => return Err(format!("accept: {e}")),
-                }
-            }
-            Ok(())
-        });
-        rx.recv_timeout(Duration::from_secs(5))
-            .map_err(|_| "whoami server did not start".to_string())?;
-        Ok(Whoami {
-            stop,
-            handle: Some(handle),
-        })
-    }
-}
-
-impl Drop for Whoami {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// One TCP connection from `ns` to `dst:port`: the server's line.
-fn whoami(ns: &Netns, dst: Ipv4Addr, port: u16) -> TopoResult<String> {
-    ns.run_in(move || {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((dst, port)), IO_TIMEOUT)
-            .map_err(|e| format!("connect {dst}:{port}: {e}"))?;
-        s.set_read_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)
-            .map_err(|e| format!("read from {dst}:{port}: {e}"))?;
-        Ok(text)
     })
 }
 
@@ -265,7 +199,7 @@ impl Drop for Observer {
 struct Fixture {
     kxdp: KxdpProcess,
     /// Held for their RAII cleanup.
-    _servers: Vec<Whoami>,
+    _servers: Vec<NameServer>,
     fake: FakeApiServer,
     topo: Topology,
     _dir: TempDir,
@@ -380,7 +314,7 @@ impl Fixture {
     }
 
     fn whoami(&mut self, from: &str, dst: Ipv4Addr) -> String {
-        let r = whoami(self.pod_ns(from), dst, SVC_PORT);
+        let r = tcp_whoami(self.pod_ns(from), dst, SVC_PORT, IO_TIMEOUT);
         self.check(&format!("{from} -> {dst}:{SVC_PORT}"), r)
     }
 }
@@ -472,8 +406,8 @@ fn setup(test: &str) -> TopoResult<Fixture> {
     }
     let kxdp = KxdpProcess::spawn(node_a, &dir.path, &args)?;
     let servers = vec![
-        Whoami::start(&topo.pod("a2").ok_or("no a2")?.ns, "a2")?,
-        Whoami::start(&topo.pod("b1").ok_or("no b1")?.ns, "b1")?,
+        NameServer::tcp(&topo.pod("a2").ok_or("no a2")?.ns, "a2", SERVER_PORT)?,
+        NameServer::tcp(&topo.pod("b1").ok_or("no b1")?.ns, "b1", SERVER_PORT)?,
     ];
     Ok(Fixture {
         kxdp,

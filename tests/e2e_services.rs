@@ -29,11 +29,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::kxdp::{
@@ -41,6 +38,7 @@ use common::kxdp::{
     TempDir,
 };
 use common::topology::{skip_if_unsupported, Netns, TopoResult, EXTERNAL_IP};
+use common::whoami::{tcp_whoami, NameServer};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Port every test server listens on (the EndpointSlices' port).
@@ -112,7 +110,7 @@ fn endpoint_slice(svc: &str, proto: &str, eps: &[Ep<'_>]) -> String {
 /// The topology with kxdp running on node-a. Field order is drop order:
 /// servers, kxdp, the namespaces, the scratch directory.
 struct Cluster {
-    servers: Vec<Server>,
+    servers: Vec<NameServer>,
     inner: KxdpCluster,
 }
 
@@ -138,16 +136,16 @@ impl Cluster {
         })
     }
 
-    /// Starts a TCP name server in pod `name` (see [`Server::tcp`]).
+    /// Starts a TCP name server in pod `name` (see [`NameServer::tcp`]).
     fn serve_tcp(&mut self, name: &str) {
-        let s = Server::tcp(&self.pod(name).ns, name);
+        let s = NameServer::tcp(&self.pod(name).ns, name, SERVER_PORT);
         let s = self.check(&format!("TCP server in {name}"), s);
         self.servers.push(s);
     }
 
-    /// Starts a UDP name server in pod `name` (see [`Server::udp`]).
+    /// Starts a UDP name server in pod `name` (see [`NameServer::udp`]).
     fn serve_udp(&mut self, name: &str) {
-        let s = Server::udp(&self.pod(name).ns, name);
+        let s = NameServer::udp(&self.pod(name).ns, name, SERVER_PORT);
         let s = self.check(&format!("UDP server in {name}"), s);
         self.servers.push(s);
     }
@@ -166,99 +164,6 @@ fn cluster(test: &str, services: &[String], extra_args: &[&str]) -> Option<Clust
         Ok(c) => Some(c),
         Err(e) => panic!("{test}: setting up: {e}"),
     }
-}
-
-/// A server thread in a pod namespace answering every TCP connection (or
-/// UDP datagram) on [`SERVER_PORT`] with `"<name> <peer ip>"`. Stops when
-/// dropped (or after a minute at most).
-struct Server {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<TopoResult<()>>>,
-}
-
-impl Server {
-    fn tcp(ns: &Netns, name: &str) -> TopoResult<Self> {
-        Self::spawn(ns, name, |name, stop, ready| {
-            let l = TcpListener::bind(("0.0.0.0", SERVER_PORT))
-                .map_err(|e| format!("bind tcp :{SERVER_PORT}: {e}"))?;
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            let _ = ready.send(());
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match l.accept() {
-                    Ok((mut s, peer)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-                        let _ = write!(s, "{name} {}", peer.ip());
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => return Err(format!("accept: {e}")),
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn udp(ns: &Netns, name: &str) -> TopoResult<Self> {
-        Self::spawn(ns, name, |name, stop, ready| {
-            let s = UdpSocket::bind(("0.0.0.0", SERVER_PORT))
-                .map_err(|e| format!("bind udp :{SERVER_PORT}: {e}"))?;
-            s.set_read_timeout(Some(Duration::from_millis(50)))
-                .map_err(|e| e.to_string())?;
-            let _ = ready.send(());
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut buf = [0u8; 1500];
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                if let Ok((_, peer)) = s.recv_from(&mut buf) {
-                    let _ = s.send_to(format!("{name} {}", peer.ip()).as_bytes(), peer);
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn spawn(
-        ns: &Netns,
-        name: &str,
-        body: fn(&str, &AtomicBool, std::sync::mpsc::Sender<()>) -> TopoResult<()>,
-    ) -> TopoResult<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (name, flag) = (name.to_owned(), Arc::clone(&stop));
-        let handle = ns.spawn(move || body(&name, &flag, tx));
-        rx.recv_timeout(Duration::from_secs(5))
-            .map_err(|_| "server did not start".to_string())?;
-        Ok(Server {
-            stop,
-            handle: Some(handle),
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// One TCP connection from `ns` to `dst:port`; the server's `"<name>
-/// <peer>"` line.
-fn tcp_whoami(ns: &Netns, dst: Ipv4Addr, port: u16, timeout: Duration) -> TopoResult<String> {
-    ns.run_in(move || {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((dst, port)), timeout)
-            .map_err(|e| format!("connect {dst}:{port}: {e}"))?;
-        s.set_read_timeout(Some(timeout))
-            .map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)
-            .map_err(|e| format!("read from {dst}:{port}: {e}"))?;
-        Ok(text)
-    })
 }
 
 /// A TCP connect from `ns` that is expected to go unanswered: Ok(true)

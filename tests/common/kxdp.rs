@@ -204,60 +204,12 @@ impl KxdpProcess {
         extra: &[&str],
         timeout: Duration,
     ) -> TopoResult<Self> {
-        let log = dir.join(format!("kxdp-{}.log", node.name));
-        let ready_file = dir.join(format!("kxdp-{}.ready", node.name));
-        let log_file =
-            std::fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
-        let log_err = log_file.try_clone().map_err(|e| e.to_string())?;
         let manifests_s = manifests.to_string_lossy().into_owned();
-        let ready_s = ready_file.to_string_lossy().into_owned();
-        let mut args = vec![
-            "netns",
-            "exec",
-            node.ns.name(),
-            env!("CARGO_BIN_EXE_kxdp"),
-            "run",
-            "--node",
-            &node.name,
-            "--uplink",
-            "eth0",
-            "--manifests",
-            &manifests_s,
-            "--ready-file",
-            &ready_s,
-        ];
+        let mut args = vec!["--manifests", manifests_s.as_str()];
         args.extend_from_slice(extra);
-        let child = Command::new("ip")
-            .args(&args)
-            .env("RUST_LOG", "info,kxdp_control=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log_file))
-            .stderr(Stdio::from(log_err))
-            .spawn()
-            .map_err(|e| format!("spawn kxdp: {e}"))?;
-        let mut p = KxdpProcess {
-            child: Some(child),
-            log,
-            ready_file,
-        };
-        let deadline = Instant::now() + timeout;
-        loop {
-            if p.ready_file.exists() {
-                return Ok(p);
-            }
-            if let Some(c) = p.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    return Err(format!("kxdp exited early ({status}):\n{}", p.log_text()));
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "kxdp not ready after {timeout:?}:\n{}",
-                    p.log_text()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut p = Self::spawn(node, dir, &args)?;
+        p.wait_ready(timeout)?;
+        Ok(p)
     }
 
     /// Starts `kxdp run --node NODE --uplink eth0 --ready-file FILE` plus

@@ -10,4 +10,5 @@
 )]
 
 pub mod kxdp;
+pub mod whoami;
 pub use kxdp_topology as topology;

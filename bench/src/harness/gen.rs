@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use kxdp_dataplane::io::afxdp::{AfXdpPort, BindMode, PortConfig, StoreConfig, XskStore};
 use kxdp_dataplane::io::{FrameStore, PacketBuf, Port};
 use kxdp_dataplane::pipeline::Ingress;
+use kxdp_dataplane::wire::checksum;
 use kxdp_dataplane::worker::monotonic_ns;
 
 use super::latency;
@@ -160,11 +161,7 @@ pub fn set_new_flow_port(frame: &mut [u8], seq: u64, templates: usize) -> bool {
     udp[0..2].copy_from_slice(&port.to_be_bytes());
     let csum = u16::from_be_bytes([udp[6], udp[7]]);
     if csum != 0 {
-        // HC' = ~(~HC + ~m + m')
-        let mut sum = u32::from(!csum) + u32::from(!old) + u32::from(port);
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        let mut new = !(sum as u16);
+        let mut new = checksum::update_u16(csum, old, port);
         if new == 0 {
             // 0 means "no checksum" for UDP: send its ones'-complement twin.
             new = 0xffff;

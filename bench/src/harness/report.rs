@@ -208,18 +208,18 @@ pub struct Report {
 }
 
 impl Report {
-    fn mpps(&self, mode: Mode, services: usize, flows: usize) -> Option<f64> {
+    fn case(&self, mode: Mode, services: usize, flows: usize) -> Option<&CaseResult> {
         self.cases
             .iter()
             .find(|c| c.mode == mode && c.services == services && c.flows == flows)
-            .and_then(|c| c.median_mpps)
+    }
+
+    fn mpps(&self, mode: Mode, services: usize, flows: usize) -> Option<f64> {
+        self.case(mode, services, flows)?.median_mpps
     }
 
     fn per_core(&self, mode: Mode, services: usize, flows: usize) -> Option<f64> {
-        self.cases
-            .iter()
-            .find(|c| c.mode == mode && c.services == services && c.flows == flows)
-            .and_then(|c| c.median_mpps_per_dut_core)
+        self.case(mode, services, flows)?.median_mpps_per_dut_core
     }
 
     /// Markdown: environment, one row per case, then the ratios per
