@@ -5,7 +5,7 @@
 //!  or Kubernetes API ─► sync runner ─► compile(state, host env) ─► TableSlot
 //!                                 ▲      + PolicyCompiler (incremental) │ load per batch
 //!  main thread, every 100 ms:     │ host changed                      ▼
-//!    conntrack / affinity GC      │ (request_sync)              worker thread(s)
+//!    conntrack / affinity GC      │ (HostChanged)               worker thread(s)
 //!    every --rescan-ms: host scan ┘ (uplink, pod veths, neighbours)  AF_XDP sockets
 //!      attach/detach pod veths, open/close their sockets ──────────►  on one UMEM
 //!    after each publish: steering maps (frontends, NodePorts, pod IPs, masquerade);
@@ -1187,7 +1187,11 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
                     }
                     if new != view {
                         *lock(&host.env) = environment(&new);
-                        runner.request_sync();
+                        // Prompt: frames may be parked until a next hop
+                        // resolved on demand is in the tables.
+                        if events_tx.send(source::SourceEvent::HostChanged).is_err() {
+                            tracing::warn!("sync runner gone: host change not compiled");
+                        }
                         tracing::info!(
                             pods = new.pods.len(),
                             neighbours = new.neighbour_list.len(),

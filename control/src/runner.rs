@@ -16,11 +16,14 @@
 //!   are timed in `kxdp_sync_duration_seconds{mode}`.
 //! - A failed compile publishes nothing: the previous generation keeps
 //!   serving, the error is logged and counted, and the next sync is full.
-//! - [`RunnerHandle::request_sync`] asks for a full sync although no
-//!   object changed (the compile callback reads inputs besides the state,
-//!   e.g. the host's interfaces): it runs once `min_interval` has passed
-//!   since the previous sync, whether sources are healthy or not, and is
-//!   full.
+//! - [`SourceEvent::HostChanged`] asks for a full sync although no object
+//!   changed (the compile callback reads inputs besides the state: the
+//!   host's interfaces, pods, neighbours). It is not rate-limited by
+//!   `min_interval` — a worker may hold frames parked until a next hop
+//!   resolved on demand is in the tables, and kube-proxy's rate limit is
+//!   about API churn, not the node's own state — only by
+//!   [`HOST_CHANGE_MIN_INTERVAL`] against a flapping host. It runs whether
+//!   sources are healthy or not.
 //! - Each successful compile is published with one atomic store
 //!   ([`TableSlot`]); generations count up by one per publish. The
 //!   generation a publish replaces is freed on a reclaim thread once no
@@ -47,6 +50,8 @@ use crate::tracker::{ChangeSet, ChangeTracker};
 
 /// Longest the runner sleeps without looking at its stop flag.
 const POLL: Duration = Duration::from_millis(100);
+/// The shortest gap between two syncs caused by host changes alone.
+pub const HOST_CHANGE_MIN_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Timing and sync requirements.
 #[derive(Clone, Debug)]
@@ -338,17 +343,10 @@ pub struct Shared {
 #[derive(Debug)]
 pub struct RunnerHandle {
     stop: Arc<AtomicBool>,
-    sync_requested: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl RunnerHandle {
-    /// Ask for a full sync soon (see the module docs). Requests made
-    /// before that sync starts are merged into it.
-    pub fn request_sync(&self) {
-        self.sync_requested.store(true, Ordering::Release);
-    }
-
     /// Stop the thread and wait for it (at most one poll interval plus a
     /// compile in progress).
     pub fn stop(mut self) {
@@ -380,9 +378,8 @@ where
     E: fmt::Display,
 {
     let stop = Arc::new(AtomicBool::new(false));
-    let sync_requested = Arc::new(AtomicBool::new(false));
     let runner = Runner {
-        sync_requested: sync_requested.clone(),
+        host_changed: false,
         config,
         tracker: ChangeTracker::new(),
         compile,
@@ -399,7 +396,6 @@ where
         .spawn(move || runner.run(events))?;
     Ok(RunnerHandle {
         stop,
-        sync_requested,
         thread: Some(thread),
     })
 }
@@ -415,7 +411,8 @@ struct Runner<C> {
     need_full: bool,
     generation: u64,
     stop: Arc<AtomicBool>,
-    sync_requested: Arc<AtomicBool>,
+    /// A [`SourceEvent::HostChanged`] arrived since the last sync started.
+    host_changed: bool,
 }
 
 impl<C, E> Runner<C>
@@ -463,8 +460,12 @@ where
             return Some(now);
         };
         let mut due: Option<Instant> = None;
-        if self.tracker.has_changes() || self.sync_requested.load(Ordering::Acquire) {
+        if self.tracker.has_changes() {
             due = Some(last + self.config.min_interval);
+        }
+        if self.host_changed {
+            let prompt = last + HOST_CHANGE_MIN_INTERVAL.min(self.config.min_interval);
+            due = Some(due.map_or(prompt, |d| d.min(prompt)));
         }
         if self.unhealthy.is_empty() {
             let periodic = last + self.config.max_interval;
@@ -506,6 +507,7 @@ where
                 }
                 self.shared.status.lock().unhealthy = self.unhealthy.clone();
             }
+            SourceEvent::HostChanged => self.host_changed = true,
         }
     }
 
@@ -524,7 +526,7 @@ where
 
     fn sync(&mut self) {
         let started = Instant::now();
-        let requested = self.sync_requested.swap(false, Ordering::AcqRel);
+        let requested = std::mem::take(&mut self.host_changed);
         let periodic = !self.tracker.has_changes();
         let changes = self.tracker.take_changes();
         let full = self.need_full || periodic || requested;
@@ -667,11 +669,14 @@ mod tests {
         assert_eq!(reader.load().generation, 3);
     }
 
+    /// A host change compiles a full generation without waiting out
+    /// `min_interval` (frames may be parked until a resolved next hop is
+    /// in the tables); several are merged into one sync.
     #[test]
-    fn request_sync_compiles_full_without_object_changes() {
+    fn host_change_compiles_full_promptly() {
         let config = RunnerConfig {
-            min_interval: Duration::from_millis(10),
-            // Far away: only the request can cause the second sync.
+            // Far away: a sync gated by either would time `wait_for` out.
+            min_interval: Duration::from_secs(3600),
             max_interval: Duration::from_secs(3600),
             ..RunnerConfig::default()
         };
@@ -705,13 +710,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(calls.load(Ordering::SeqCst), 1, "nothing changed, no sync");
 
-        handle.request_sync();
-        handle.request_sync();
-        wait_for("the requested sync", || status.generation() == 2);
+        tx.send(SourceEvent::HostChanged).expect("send");
+        tx.send(SourceEvent::HostChanged).expect("send");
+        wait_for("the host-change sync", || status.generation() == 2);
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "two requests, one sync");
-        assert_eq!(fulls.load(Ordering::SeqCst), 2, "a requested sync is full");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "two changes, one sync");
+        assert_eq!(
+            fulls.load(Ordering::SeqCst),
+            2,
+            "a host-change sync is full"
+        );
         assert_eq!(slot.current().map(|t| t.generation), Some(2));
+
         handle.stop();
     }
 }

@@ -164,6 +164,13 @@ pub enum SourceEvent {
     Snapshot(Box<ClusterState>),
     /// The source's view became fresh (`true`) or possibly stale (`false`).
     Health { source: &'static str, healthy: bool },
+    /// An input of the compile besides the cluster state changed: the
+    /// node's interfaces, its pods' veths, its neighbours (sent by `kxdp
+    /// run`'s host scanner, not by a cluster source). The runner compiles
+    /// a full generation promptly, without waiting out `min_interval`:
+    /// frames may be parked in a worker waiting for a next hop that was
+    /// just resolved.
+    HostChanged,
 }
 
 /// The sending side handed to sources.
