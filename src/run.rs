@@ -95,7 +95,7 @@ use kxdp_dataplane::io::afxdp::ring::CoreLimits;
 use kxdp_dataplane::io::afxdp::{BindMode, BusyPoll, HugePages, PortConfig, StoreConfig, XskStore};
 use kxdp_dataplane::pipeline::{flush_after_publish, Ingress};
 use kxdp_dataplane::tables::{
-    publication, IpProto, LocalPod, NeighbourTable, NodeConfig, PodTable, PolicyTable, RouteTable,
+    publication, IpProto, NeighbourTable, NodeConfig, PodTable, PolicyTable, RouteTable,
     ServiceTable, TableReader, TableSet, VxlanConfig,
 };
 use kxdp_dataplane::worker::afxdp::AfXdpFactory;
