@@ -1430,8 +1430,14 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         use kxdp_control::policy::{PolicyDirection, PolicyVerdict, NODE_RULE};
         use kxdp_control::tracker::ChangeSet;
 
-        let report = kxdp_control::manifests::load_str(std::path::Path::new("owned.yaml"), OWNED_YAML);
-        assert!(report.is_clean(), "{:?} {:?}", report.warnings, report.errors);
+        let report =
+            kxdp_control::manifests::load_str(std::path::Path::new("owned.yaml"), OWNED_YAML);
+        assert!(
+            report.is_clean(),
+            "{:?} {:?}",
+            report.warnings,
+            report.errors
+        );
         let state = report.state;
         let opts = CompileOptions::new("node-a");
         let env = NodeEnvironment::synthetic(&state, "node-a");

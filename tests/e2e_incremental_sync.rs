@@ -109,7 +109,10 @@ fn wait<T>(c: &mut KxdpCluster, what: &str, mut f: impl FnMut(&mut KxdpCluster) 
 
 /// The Service `name`'s cluster backends in a `/debug/tables` body.
 fn backends(t: &Value, name: &str) -> Vec<String> {
-    let ports = t["services"]["ports"].as_array().cloned().unwrap_or_default();
+    let ports = t["services"]["ports"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let port = ports.iter().find(|p| p["name"] == name);
     let mut ips: Vec<String> = port
         .and_then(|p| p["cluster"]["backends"].as_array())
@@ -161,7 +164,11 @@ fn e2e_manifest_edit_is_a_partial_sync_equal_to_a_full_one() {
             "  labels:\n    app: a1\n    role: client\n",
         );
     assert_ne!(edited, original);
-    assert_eq!(edited.matches("role: client").count(), 2, "pod a1 and the policy");
+    assert_eq!(
+        edited.matches("role: client").count(),
+        2,
+        "pod a1 and the policy"
+    );
 
     // 1. The first generation is full.
     let (first, t1) = wait(&mut c, "the first generation", tables);

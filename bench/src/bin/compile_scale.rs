@@ -413,6 +413,9 @@ fn changes_full(shape: &Shape, n: usize) -> Result<ChangesResult, BenchError> {
         publish_call_p50_ms: Some(p(&publish_calls, 50.0)),
         publish_call_p99_ms: Some(p(&publish_calls, 99.0)),
         hwm_kib: self_status_kib("VmHWM")?,
+        // A full compile recompiles every policy; not counted here.
+        policies_recompiled_max: 0,
+        policies_patched_max: 0,
     })
 }
 
@@ -537,7 +540,9 @@ fn changes_runner(shape: &Shape, n: usize, what: What) -> Result<ChangesResult, 
         let e = k % cluster.endpoints_per_service;
         let (there, back): (SourceEvent, SourceEvent) = match what {
             What::Endpoint => (
-                SourceEvent::Apply(Object::EndpointSlice(cluster.endpoint_slice_with(s, Some(e)))),
+                SourceEvent::Apply(Object::EndpointSlice(
+                    cluster.endpoint_slice_with(s, Some(e)),
+                )),
                 SourceEvent::Apply(Object::EndpointSlice(cluster.endpoint_slice_with(s, None))),
             ),
             What::Service => {
@@ -581,8 +586,8 @@ fn changes_runner(shape: &Shape, n: usize, what: What) -> Result<ChangesResult, 
                 if let Some(status) = pod.status.as_mut() {
                     // Outside every node's pod range (.2 ..), unique per k.
                     let ip = format!("10.245.{}.{}", k / 250, k % 250 + 1);
-                    status.pod_ip = Some(ip.clone());
-                    status.pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP { ip }]);
+                    status.pod_ip = Some(ip);
+                    status.pod_ips = None;
                 }
                 (
                     SourceEvent::Apply(Object::Pod(pod)),
@@ -748,7 +753,10 @@ fn all(shape: &Shape, runs: usize, n: usize) -> Result<(), BenchError> {
     let pod: ChangesResult = child(shape, &["changes", "--what", "pod", "--changes", &few])?;
     let pod_add: ChangesResult =
         child(shape, &["changes", "--what", "pod-add", "--changes", &few])?;
-    let ns: ChangesResult = child(shape, &["changes", "--what", "namespace", "--changes", &few])?;
+    let ns: ChangesResult = child(
+        shape,
+        &["changes", "--what", "namespace", "--changes", &few],
+    )?;
     let med = |f: &dyn Fn(&InitialResult) -> f64| {
         median(&initials.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
     };

@@ -486,13 +486,9 @@ impl Compiler {
                     Kind::Service | Kind::EndpointSlice | Kind::Node => {}
                 }
             }
-            let update = self.policy.update_changed(
-                state,
-                &opts.node_name,
-                &owned,
-                &local,
-                Some(&input),
-            );
+            let update =
+                self.policy
+                    .update_changed(state, &opts.node_name, &owned, &local, Some(&input));
             let mut pw = Warnings::default();
             pw.extend_policy(&update.warnings);
             c.policy = update.table;

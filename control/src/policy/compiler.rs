@@ -192,11 +192,21 @@ struct Universe {
     id_pods: FxHashMap<u32, usize>,
     /// Live identity ids per namespace.
     by_ns: BTreeMap<Arc<str>, BTreeSet<u32>>,
-    /// Address -> pods with that address, in key order: the first keeps it
-    /// (a full scan in key order gives it the address).
-    claims: FxHashMap<Ipv4Addr, Vec<ObjectKey>>,
+    /// Address -> pods with that address and what the peer map says.
+    claims: FxHashMap<Ipv4Addr, Claim>,
     /// Addresses with more than one claim.
     contested: BTreeSet<Ipv4Addr>,
+}
+
+/// The pods claiming one address, in key order: the first keeps it (a
+/// full scan in key order gives it the address). Its identity and named
+/// ports are copied here so the peer map is rebuilt without looking pods
+/// up.
+#[derive(Debug, Default)]
+struct Claim {
+    holders: Vec<ObjectKey>,
+    identity: Option<u32>,
+    named: Vec<PeerNamedPort>,
 }
 
 /// What changed in the universe during one update.
@@ -228,7 +238,9 @@ impl Universe {
             d.namespaces.insert(facts.namespace.to_string());
         }
         if let Some(id) = facts.identity {
-            d.ids.entry(id).or_insert_with(|| self.id_pods.contains_key(&id));
+            d.ids
+                .entry(id)
+                .or_insert_with(|| self.id_pods.contains_key(&id));
             let n = self.id_pods.entry(id).or_insert(0);
             *n += 1;
             if *n == 1 {
@@ -240,11 +252,11 @@ impl Universe {
         }
         for &ip in &facts.ips {
             d.ips.insert(ip);
-            let claims = self.claims.entry(ip).or_default();
-            if let Err(i) = claims.binary_search(key) {
-                claims.insert(i, key.clone());
+            let claim = self.claims.entry(ip).or_default();
+            if let Err(i) = claim.holders.binary_search(key) {
+                claim.holders.insert(i, key.clone());
             }
-            if claims.len() > 1 {
+            if claim.holders.len() > 1 {
                 self.contested.insert(ip);
             }
         }
@@ -260,7 +272,9 @@ impl Universe {
             }
         }
         if let Some(id) = facts.identity {
-            d.ids.entry(id).or_insert_with(|| self.id_pods.contains_key(&id));
+            d.ids
+                .entry(id)
+                .or_insert_with(|| self.id_pods.contains_key(&id));
             if let Some(n) = self.id_pods.get_mut(&id) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -276,16 +290,32 @@ impl Universe {
         }
         for &ip in &facts.ips {
             d.ips.insert(ip);
-            if let Some(claims) = self.claims.get_mut(&ip) {
-                if let Ok(i) = claims.binary_search(key) {
-                    claims.remove(i);
+            if let Some(claim) = self.claims.get_mut(&ip) {
+                if let Ok(i) = claim.holders.binary_search(key) {
+                    claim.holders.remove(i);
                 }
-                if claims.len() <= 1 {
+                if claim.holders.len() <= 1 {
                     self.contested.remove(&ip);
                 }
-                if claims.is_empty() {
+                if claim.holders.is_empty() {
                     self.claims.remove(&ip);
                 }
+            }
+        }
+    }
+
+    /// Copy the holder's identity and named ports into the claims of
+    /// `ips` (after their holders changed).
+    fn refresh_claims(&mut self, ips: &BTreeSet<Ipv4Addr>) {
+        for ip in ips {
+            let Some(claim) = self.claims.get_mut(ip) else {
+                continue;
+            };
+            let facts = claim.holders.first().and_then(|k| self.pods.get(k));
+            claim.identity = facts.and_then(|f| f.identity);
+            match facts {
+                Some(f) => claim.named.clone_from(&f.named),
+                None => claim.named.clear(),
             }
         }
     }
@@ -293,12 +323,10 @@ impl Universe {
     /// The peer map: each address to the first pod (key order) holding it.
     fn peer_map(&self) -> PeerMap {
         let mut peers = PeerMap::default();
-        for (&ip, claims) in &self.claims {
-            let Some(facts) = claims.first().and_then(|k| self.pods.get(k)) else {
-                continue;
-            };
-            if let Some(id) = facts.identity {
-                peers.insert(ip, id, &facts.named);
+        for (&ip, claim) in &self.claims {
+            // Only pods with an identity (not hostNetwork) hold addresses.
+            if let Some(id) = claim.identity {
+                peers.insert(ip, id, &claim.named);
             }
         }
         peers
@@ -531,7 +559,9 @@ impl PolicyCompiler {
                 named: Vec::new(),
             };
         }
-        let identity = self.identities.intern(&(namespace.clone(), pod_labels(pod)));
+        let identity = self
+            .identities
+            .intern(&(namespace.clone(), pod_labels(pod)));
         let ips = pod_ipv4s(pod);
         let named = if ips.is_empty() {
             Vec::new()
@@ -597,6 +627,7 @@ impl PolicyCompiler {
                 }
             }
         }
+        self.universe.refresh_claims(&d.ips);
         let mut out = UniverseChanges::default();
         let u = &mut self.universe;
         for name in d.namespaces {
@@ -1036,18 +1067,21 @@ impl PolicyCompiler {
         let u = &self.universe;
         let mut dups: Vec<(&ObjectKey, Ipv4Addr, &ObjectKey)> = Vec::new();
         for ip in &u.contested {
-            let Some((kept, ignored)) = u.claims.get(ip).and_then(|c| c.split_first()) else {
+            let Some((kept, ignored)) = u.claims.get(ip).and_then(|c| c.holders.split_first())
+            else {
                 continue;
             };
             dups.extend(ignored.iter().map(|k| (k, *ip, kept)));
         }
         dups.sort_unstable();
         dups.into_iter()
-            .map(|((ns, name), ip, (kns, kname))| PolicyWarning::DuplicatePodIp {
-                ip,
-                kept: format!("{kns}/{kname}"),
-                ignored: format!("{ns}/{name}"),
-            })
+            .map(
+                |((ns, name), ip, (kns, kname))| PolicyWarning::DuplicatePodIp {
+                    ip,
+                    kept: format!("{kns}/{kname}"),
+                    ignored: format!("{ns}/{name}"),
+                },
+            )
             .collect()
     }
 
@@ -1081,7 +1115,11 @@ impl PolicyCompiler {
     fn patch_peers(&self, p: &mut CompiledPolicy, uc: &UniverseChanges) -> bool {
         let mut changed = false;
         for d in [PolicyDirection::Ingress, PolicyDirection::Egress] {
-            let norm_rules = p.body.norm.rules(d == PolicyDirection::Ingress).unwrap_or(&[]);
+            let norm_rules = p
+                .body
+                .norm
+                .rules(d == PolicyDirection::Ingress)
+                .unwrap_or(&[]);
             let rules = match d {
                 PolicyDirection::Ingress => &mut p.body.ingress,
                 PolicyDirection::Egress => &mut p.body.egress,
