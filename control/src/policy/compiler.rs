@@ -1329,3 +1329,161 @@ fn segment_blocks(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).expect("test object")
+    }
+
+    fn pod(ns: &str, i: u8, app: &str) -> Pod {
+        obj(json!({
+            "metadata": {"namespace": ns, "name": format!("p{i}"), "labels": {"app": app}},
+            "spec": {"nodeName": format!("node-{}", i % 2), "containers": []},
+            "status": {"phase": "Running", "podIP": format!("10.244.{}.{}", i % 2, i + 2)},
+        }))
+    }
+
+    fn namespace(name: &str, team: &str) -> Namespace {
+        obj(json!({"metadata": {"name": name, "labels": {"team": team}}}))
+    }
+
+    fn policy(ns: &str, name: &str, spec: Value) -> NetworkPolicy {
+        obj(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
+    }
+
+    fn key(ns: &str, name: &str) -> ObjectKey {
+        (ns.to_string(), name.to_string())
+    }
+
+    fn state() -> ClusterState {
+        let mut st = ClusterState::default();
+        for (name, team) in [("a", "t1"), ("b", "t2")] {
+            st.namespaces.insert(name.into(), namespace(name, team));
+        }
+        for i in 0..12u8 {
+            let ns = if i % 2 == 0 { "a" } else { "b" };
+            st.pods.insert(
+                key(ns, &format!("p{i}")),
+                pod(ns, i, &format!("x{}", i % 3)),
+            );
+        }
+        let policies = [
+            policy(
+                "a",
+                "own",
+                json!({"podSelector": {}, "ingress": [{"from": [
+                    {"podSelector": {"matchLabels": {"app": "x1"}}}]}]}),
+            ),
+            policy(
+                "a",
+                "teams",
+                json!({"podSelector": {"matchLabels": {"app": "x0"}}, "ingress": [{"from": [
+                    {"namespaceSelector": {"matchLabels": {"team": "t2"}},
+                     "podSelector": {"matchExpressions": [
+                        {"key": "app", "operator": "In", "values": ["x0", "x2"]}]}}]}]}),
+            ),
+            policy(
+                "b",
+                "not-x1",
+                json!({"podSelector": {}, "ingress": [{"from": [
+                    {"podSelector": {"matchExpressions": [
+                        {"key": "app", "operator": "NotIn", "values": ["x1"]}]}}]}]}),
+            ),
+        ];
+        for np in policies {
+            let k = key(
+                np.metadata.namespace.as_deref().unwrap_or_default(),
+                np.metadata.name.as_deref().unwrap_or_default(),
+            );
+            st.network_policies.insert(k, np);
+        }
+        st
+    }
+
+    /// Every kept policy's compiled form equals evaluating it anew over
+    /// the current universe (same compiler, so the same ids): patched peer
+    /// lists lose dead identities and gain new ones exactly.
+    fn assert_policies_fresh(c: &mut PolicyCompiler, st: &ClusterState, step: &str) {
+        for (k, np) in &st.network_policies {
+            let (body, _) = c.compile_policy(k, np);
+            let kept = c.policies.get(k).map(|p| &p.body);
+            assert_eq!(kept, Some(&body), "{step}: policy {k:?}");
+        }
+        assert_eq!(c.policies.len(), st.network_policies.len(), "{step}");
+    }
+
+    /// A pod relabel, delete and create, and a namespace label change, each
+    /// given as a change list: only the changed pods are examined, no
+    /// policy is recompiled for pod changes, a namespace label change
+    /// recompiles only the policy whose namespaceSelector looks at it, and
+    /// every policy ends up as a fresh evaluation would have it.
+    #[test]
+    fn changed_objects_only_and_policies_equal_a_fresh_evaluation() {
+        let mut st = state();
+        let mut c = PolicyCompiler::new();
+        let first = c.update(&st, "node-0", &[], &[]);
+        assert_eq!(first.stats.policies_recompiled, 3);
+        assert_eq!(first.stats.pods_examined, 12);
+        assert_policies_fresh(&mut c, &st, "first");
+
+        // p3 (b, app x0) gets a label set nobody else has: a new identity
+        // that `teams` admits; x0 in b had only p3 so an identity dies.
+        let p3 = key("b", "p3");
+        st.pods.insert(p3.clone(), pod("b", 3, "x2-only"));
+        let relabel = PolicyInputChanges {
+            pods: vec![p3.clone()],
+            ..PolicyInputChanges::default()
+        };
+        let u = c.update_changed(&st, "node-0", &[], &[], Some(&relabel));
+        assert_eq!(u.stats.pods_examined, 1);
+        assert_eq!(u.stats.policies_recompiled, 0);
+        assert!(u.stats.policies_patched >= 1, "{:?}", u.stats);
+        assert_policies_fresh(&mut c, &st, "relabel");
+        let ip: Ipv4Addr = "10.244.1.5".parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        assert_eq!(u.changes.peer_ips, vec![ip], "only p3's address changed");
+
+        // Delete p3, create p20 in a.
+        st.pods.remove(&p3);
+        let p20 = key("a", "p20");
+        st.pods.insert(p20.clone(), pod("a", 20, "x1"));
+        let churn = PolicyInputChanges {
+            pods: vec![p3, p20],
+            ..PolicyInputChanges::default()
+        };
+        let u = c.update_changed(&st, "node-0", &[], &[], Some(&churn));
+        assert_eq!(u.stats.pods_examined, 2);
+        assert_eq!(u.stats.policies_recompiled, 0);
+        assert_policies_fresh(&mut c, &st, "delete and create");
+
+        // b: team t2 -> t3: `teams` selects namespaces by team.
+        st.namespaces.insert("b".into(), namespace("b", "t3"));
+        let ns = PolicyInputChanges {
+            namespaces: vec!["b".into()],
+            ..PolicyInputChanges::default()
+        };
+        let u = c.update_changed(&st, "node-0", &[], &[], Some(&ns));
+        assert_eq!(u.stats.pods_examined, 0);
+        assert_eq!(u.stats.policies_recompiled, 1);
+        assert_policies_fresh(&mut c, &st, "namespace labels");
+
+        // The namespace object goes: b keeps its name label (its pods).
+        st.namespaces.remove("b");
+        let u = c.update_changed(&st, "node-0", &[], &[], Some(&ns));
+        assert_eq!(u.stats.policies_recompiled, 0, "t3 matched no selector");
+        assert_policies_fresh(&mut c, &st, "namespace deleted");
+        assert!(c.universe.ns_labels.contains_key("b"));
+
+        // Without a change list the same state changes nothing.
+        let u = c.update(&st, "node-0", &[], &[]);
+        assert_eq!(u.stats.policies_recompiled, 0);
+        assert_eq!(u.stats.policies_patched, 0);
+        assert!(u.changes.is_empty(), "{:?}", u.changes);
+    }
+}
