@@ -2,8 +2,8 @@
 //!
 //! ```text
 //!  manifests (watched)
-//!  or Kubernetes API ─► sync runner ─► compile(state, host env) ─► TableSlot
-//!                                 ▲      + PolicyCompiler (incremental) │ load per batch
+//!  or Kubernetes API ─► sync runner ─► Compiler (state, changes,  ─► TableSlot
+//!                                 ▲      host env; incremental)     │ load per batch
 //!  main thread, every 100 ms:     │ host changed                      ▼
 //!    conntrack / affinity GC      │ (HostChanged)               worker thread(s)
 //!    every --rescan-ms: host scan ┘ (uplink, pod veths, neighbours)  AF_XDP sockets
@@ -53,8 +53,13 @@
 //!
 //! # NetworkPolicy and revocation
 //!
-//! One [`PolicyCompiler`] lives in the compile callback, so each sync
-//! recompiles only the per-pod tables its changes affect. When a published
+//! One [`Compiler`] lives in the compile callback: each sync recompiles
+//! only what its changes touched (Services, the pod table, the policy
+//! selections a pod or namespace change affects), with a full rebuild on
+//! the first publish, after an error, every `--sync-period-ms` and when the
+//! host changed. Policy treats every address of this node as the node (node
+//! IPs, VTEP, pods' gateway, pod CIDR address: `NodeConfig::owns`), so
+//! traffic between the node and its pods is always allowed. When a published
 //! generation changed any pod's policy (or the peers or node addresses it
 //! depends on), the publish hook removes every conntrack entry that
 //! generation would not admit as a new connection
@@ -75,11 +80,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 
 use kxdp_control::admin::{start_admin_with, AdminServer, AdminState, DataplaneView};
-use kxdp_control::compile::{compile, CompileOptions, NodeEnvironment};
+use kxdp_control::compile::{CompileOptions, Compiler, NodeEnvironment};
 use kxdp_control::metrics::{Metrics, PacketCounters};
-use kxdp_control::policy::PolicyCompiler;
 use kxdp_control::runner::{
-    spawn_runner, CompileInput, PublishEvent, RunnerConfig, Shared, Status, TableSlot,
+    spawn_runner, CompileInput, Compiled, PublishEvent, RunnerConfig, Shared, Status, TableSlot,
 };
 use kxdp_control::source;
 use kxdp_control::source::files::{start_manifests_source, ManifestsConfig, ManifestsSource};
@@ -91,7 +95,7 @@ use kxdp_dataplane::io::afxdp::ring::CoreLimits;
 use kxdp_dataplane::io::afxdp::{BindMode, BusyPoll, HugePages, PortConfig, StoreConfig, XskStore};
 use kxdp_dataplane::pipeline::{flush_after_publish, Ingress};
 use kxdp_dataplane::tables::{
-    publication, IpProto, LocalPod, NeighbourTable, NodeConfig, PodTable, PolicyTable, RouteTable,
+    publication, IpProto, NeighbourTable, NodeConfig, PodTable, PolicyTable, RouteTable,
     ServiceTable, TableReader, TableSet, VxlanConfig,
 };
 use kxdp_dataplane::worker::afxdp::AfXdpFactory;
@@ -896,6 +900,52 @@ impl StateSource {
     }
 }
 
+/// One sync: the runner's compile callback. Incremental: only what
+/// `input.changes` touched is recompiled (a Service and its backends, the
+/// pod table, the policy selections a pod or namespace change affects);
+/// full when the runner asks (first publish, after an error, periodic,
+/// host change) or the compiler has no usable cache. An error publishes
+/// nothing and drops the cache, so the next sync is full. Sets `revoke`
+/// when the generation changed policy (the publish hook then sweeps
+/// conntrack).
+fn compile_sync(
+    compiler: &mut Compiler,
+    input: &CompileInput<'_>,
+    env: &NodeEnvironment,
+    opts: &CompileOptions,
+    revoke: &AtomicBool,
+) -> std::result::Result<Compiled, String> {
+    let out = compiler
+        .compile_input(input, env, opts)
+        .map_err(|e| e.to_string())?;
+    if out.stats.full {
+        for w in &out.warnings {
+            tracing::debug!(warning = %w, "compile");
+        }
+    }
+    if !out.policy_changes.is_empty() {
+        revoke.store(true, Ordering::Release);
+    }
+    let tables = out.tables;
+    tracing::info!(
+        generation = tables.generation,
+        full = out.stats.full,
+        services_compiled = out.stats.services_compiled,
+        services_reassembled = out.stats.services_reassembled,
+        pods_rebuilt = out.stats.pods_rebuilt,
+        policy_updated = out.stats.policy_updated,
+        pods = tables.pods.len(),
+        frontends = tables.services.frontend_count(),
+        policy_slots_changed = out.policy_changes.slots.len(),
+        warnings = out.warnings.len(),
+        "tables compiled"
+    );
+    Ok(Compiled {
+        tables,
+        full: out.stats.full,
+    })
+}
+
 fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     let choice = choose_source(
         args.manifests.as_ref(),
@@ -977,37 +1027,11 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     let mut opts = CompileOptions::new(&args.node);
     opts.masquerade_port_range = args.masquerade_ports;
     let compile_host = host.clone();
-    let mut policy = PolicyCompiler::new();
+    let mut compiler = Compiler::new();
     let compile_revoke = revoke.clone();
-    let compile_fn = move |input: &CompileInput<'_>| -> std::result::Result<TableSet, String> {
+    let compile_fn = move |input: &CompileInput<'_>| -> std::result::Result<Compiled, String> {
         let env = lock(&compile_host.env).clone();
-        let out = compile(input.state, &env, &opts, input.generation).map_err(|e| e.to_string())?;
-        for w in &out.warnings {
-            tracing::debug!(warning = %w, "compile");
-        }
-        let mut tables = out.tables;
-        let local: Vec<LocalPod> = tables.pods.iter().cloned().collect();
-        // Incremental: only the per-pod tables this change affects are
-        // rebuilt, the rest is shared with the previous generation.
-        let pol = policy.update(input.state, &opts.node_name, &tables.node.node_ips, &local);
-        for w in &pol.warnings {
-            tracing::debug!(warning = %w, "policy");
-        }
-        if !pol.changes.is_empty() {
-            compile_revoke.store(true, Ordering::Release);
-        }
-        tables.policy = pol.table;
-        tracing::info!(
-            generation = tables.generation,
-            full = input.full,
-            pods = tables.pods.len(),
-            frontends = tables.services.frontend_count(),
-            policy_slots_changed = pol.changes.slots.len(),
-            policies_recompiled = pol.stats.policies_recompiled,
-            warnings = out.warnings.len() + pol.warnings.len(),
-            "tables compiled"
-        );
-        Ok(tables)
+        compile_sync(&mut compiler, input, &env, &opts, &compile_revoke)
     };
     let runner = spawn_runner(
         runner_cfg,
@@ -1364,6 +1388,106 @@ fn run_null(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node whose VTEP (public-ip annotation) is not its InternalIP, a
+    /// local pod isolated by a deny-all ingress policy, a remote pod.
+    const OWNED_YAML: &str = r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-a
+  annotations:
+    flannel.alpha.coreos.com/backend-type: vxlan
+    flannel.alpha.coreos.com/backend-data: '{"VNI":1,"VtepMAC":"0e:76:00:00:00:01"}'
+    flannel.alpha.coreos.com/public-ip: 192.168.60.1
+spec: {podCIDR: 10.244.1.0/24}
+status:
+  addresses: [{type: InternalIP, address: 192.168.50.1}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: default, labels: {app: db}}
+spec: {nodeName: node-a, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.244.1.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: default, labels: {app: web}}
+spec: {nodeName: node-b, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.244.2.5}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: default}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+"#;
+
+    /// Upstream NetworkPolicy: traffic from the node to its pods is always
+    /// allowed, whatever policy isolates them. Every address of the node
+    /// counts (`NodeConfig::owns`: node IPs, VTEP, the pods' gateway —
+    /// the source of host-to-pod traffic through the pod's route — and the
+    /// pod CIDR network address), in the daemon's sync compile as in the
+    /// from-scratch `compile` (`kxdp trace`). The daemon used to give its
+    /// policy compiler the node IPs only and denied the gateway and VTEP.
+    #[test]
+    fn sync_compile_admits_every_node_address_like_a_full_compile() {
+        use kxdp_control::policy::{PolicyDirection, PolicyVerdict, NODE_RULE};
+        use kxdp_control::tracker::ChangeSet;
+
+        let report =
+            kxdp_control::manifests::load_str(std::path::Path::new("owned.yaml"), OWNED_YAML);
+        assert!(
+            report.is_clean(),
+            "{:?} {:?}",
+            report.warnings,
+            report.errors
+        );
+        let state = report.state;
+        let opts = CompileOptions::new("node-a");
+        let env = NodeEnvironment::synthetic(&state, "node-a");
+        let changes = ChangeSet::default();
+        let input = CompileInput {
+            state: &state,
+            changes: &changes,
+            generation: 1,
+            full: true,
+        };
+        let revoke = AtomicBool::new(false);
+        let daemon = compile_sync(&mut Compiler::new(), &input, &env, &opts, &revoke)
+            .expect("sync compile")
+            .tables;
+        let trace = kxdp_control::compile::compile(&state, &env, &opts, 1)
+            .expect("full compile")
+            .tables;
+        let pod = daemon.pods.iter().next().expect("the local pod").clone();
+        assert_eq!(pod.ip, Ipv4Addr::new(10, 244, 1, 5));
+        let owned = [
+            Ipv4Addr::new(192, 168, 50, 1), // InternalIP
+            Ipv4Addr::new(192, 168, 60, 1), // VTEP (public-ip)
+            Ipv4Addr::new(10, 244, 1, 1),   // the pods' gateway
+            Ipv4Addr::new(10, 244, 1, 0),   // pod CIDR network address
+        ];
+        for t in [&daemon, &trace] {
+            for ip in owned {
+                assert!(t.node.owns(ip), "{ip}");
+                assert_eq!(
+                    t.policy
+                        .check(PolicyDirection::Ingress, &pod, ip, IpProto::Tcp, 5432),
+                    PolicyVerdict::Allowed { rule: NODE_RULE },
+                    "from node address {ip}"
+                );
+            }
+            // Another node's pod and another node's gateway are not this node.
+            for ip in [Ipv4Addr::new(10, 244, 2, 5), Ipv4Addr::new(10, 244, 2, 1)] {
+                assert_eq!(
+                    t.policy
+                        .check(PolicyDirection::Ingress, &pod, ip, IpProto::Tcp, 5432),
+                    PolicyVerdict::Denied,
+                    "from {ip}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn ring_sizes_scale_with_the_umem_and_stay_powers_of_two() {

@@ -12,8 +12,11 @@
 //!   publish happened for 2 × `max_interval` (see [`Status::health`]).
 //! - A sync is *full* for the first publish, after a failed compile and for
 //!   the periodic resync; otherwise it is *partial* and the compile callback
-//!   gets the [`ChangeSet`] (what changed, with the previous objects). Both
-//!   are timed in `kxdp_sync_duration_seconds{mode}`.
+//!   gets the [`ChangeSet`] (what changed, with the previous objects). The
+//!   callback may still rebuild everything (its options changed, the change
+//!   set is huge); it says so through [`SyncOutput`], and the sync is
+//!   counted as full then. Both are timed (compile plus publish) in
+//!   `kxdp_sync_duration_seconds{mode="full"|"partial"}`.
 //! - A failed compile publishes nothing: the previous generation keeps
 //!   serving, the error is logged and counted, and the next sync is full.
 //! - [`SourceEvent::HostChanged`] asks for a full sync although no object
@@ -94,7 +97,37 @@ pub struct PublishEvent<'a> {
     pub state: &'a ClusterState,
     pub tables: &'a Arc<TableSet>,
     pub changes: &'a ChangeSet,
+    /// The tables were rebuilt from the whole state (see [`SyncOutput`]).
     pub full: bool,
+}
+
+/// A compiled generation and whether the callback rebuilt it from the
+/// whole state, which a partial sync may do (an incremental compiler falls
+/// back to a full compile when its options changed or it has no cache).
+#[derive(Debug)]
+pub struct Compiled {
+    pub tables: TableSet,
+    pub full: bool,
+}
+
+/// What a compile callback returns: a bare [`TableSet`] (its mode is the
+/// one the runner asked for, [`CompileInput::full`]) or [`Compiled`].
+pub trait SyncOutput {
+    /// The tables and whether they were built from the whole state.
+    fn into_parts(self, requested_full: bool) -> (TableSet, bool);
+}
+
+impl SyncOutput for TableSet {
+    fn into_parts(self, requested_full: bool) -> (TableSet, bool) {
+        (self, requested_full)
+    }
+}
+
+impl SyncOutput for Compiled {
+    /// A full compile asked for is full whatever the callback says.
+    fn into_parts(self, requested_full: bool) -> (TableSet, bool) {
+        (self.tables, self.full || requested_full)
+    }
 }
 
 /// Called after every publish, on the runner thread (keep it short).
@@ -367,14 +400,15 @@ impl Drop for RunnerHandle {
 
 /// Start the runner thread. It runs until [`RunnerHandle::stop`] or until
 /// every [`crate::source::EventSender`] is dropped.
-pub fn spawn_runner<C, E>(
+pub fn spawn_runner<C, O, E>(
     config: RunnerConfig,
     events: EventReceiver,
     compile: C,
     shared: Shared,
 ) -> std::io::Result<RunnerHandle>
 where
-    C: FnMut(&CompileInput<'_>) -> Result<TableSet, E> + Send + 'static,
+    C: FnMut(&CompileInput<'_>) -> Result<O, E> + Send + 'static,
+    O: SyncOutput,
     E: fmt::Display,
 {
     let stop = Arc::new(AtomicBool::new(false));
@@ -415,9 +449,10 @@ struct Runner<C> {
     host_changed: bool,
 }
 
-impl<C, E> Runner<C>
+impl<C, O, E> Runner<C>
 where
-    C: FnMut(&CompileInput<'_>) -> Result<TableSet, E>,
+    C: FnMut(&CompileInput<'_>) -> Result<O, E>,
+    O: SyncOutput,
     E: fmt::Display,
 {
     fn run(mut self, events: EventReceiver) {
@@ -542,10 +577,10 @@ where
             generation,
             full,
         };
-        let result = (self.compile)(&input);
+        let result = (self.compile)(&input).map(|o| o.into_parts(full));
         self.last_sync = Some(started);
         match result {
-            Ok(tables) => {
+            Ok((tables, full)) => {
                 let tables = self.shared.tables.publish(tables);
                 let took = started.elapsed();
                 let now = SystemTime::now();
@@ -723,5 +758,76 @@ mod tests {
         assert_eq!(slot.current().map(|t| t.generation), Some(2));
 
         handle.stop();
+    }
+
+    fn namespace(name: &str) -> source::Object {
+        source::Object::Namespace(k8s_openapi::api::core::v1::Namespace {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    /// A partial sync whose callback rebuilt everything (an incremental
+    /// compiler without a usable cache) is counted and reported as full;
+    /// a partial one as partial.
+    #[test]
+    fn sync_mode_is_the_one_the_compile_reports() {
+        let config = RunnerConfig {
+            min_interval: Duration::from_millis(10),
+            max_interval: Duration::from_secs(3600),
+            ..RunnerConfig::default()
+        };
+        let status = Arc::new(Status::new(&config));
+        let metrics = Arc::new(Metrics::new());
+        let modes = Arc::new(Mutex::new(Vec::new()));
+        let hook_modes = modes.clone();
+        let (tx, rx) = source::channel();
+        let handle = spawn_runner(
+            config,
+            rx,
+            move |input: &CompileInput<'_>| -> Result<Compiled, String> {
+                Ok(Compiled {
+                    tables: tables(input.generation),
+                    // Generation 2 falls back to a full compile.
+                    full: input.generation == 2,
+                })
+            },
+            Shared {
+                tables: Arc::new(TableSlot::new()),
+                status: status.clone(),
+                metrics: metrics.clone(),
+                hooks: vec![Box::new(move |ev: &PublishEvent<'_>| {
+                    hook_modes
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((ev.tables.generation, ev.full));
+                })],
+            },
+        )
+        .expect("runner");
+        tx.send(SourceEvent::Snapshot(Box::default()))
+            .expect("send");
+        wait_for("the first publish", || status.generation() == 1);
+        tx.send(SourceEvent::Apply(namespace("a"))).expect("send");
+        wait_for("the second publish", || status.generation() == 2);
+        tx.send(SourceEvent::Apply(namespace("b"))).expect("send");
+        wait_for("the third publish", || status.generation() == 3);
+        handle.stop();
+        assert_eq!(
+            *modes.lock().unwrap_or_else(PoisonError::into_inner),
+            vec![(1, true), (2, true), (3, false)]
+        );
+        let text = metrics.encode();
+        for needle in [
+            "kxdp_sync_duration_seconds_count{mode=\"full\"} 2",
+            "kxdp_sync_duration_seconds_count{mode=\"partial\"} 1",
+            // The first bucket holds sub-millisecond partial syncs.
+            "kxdp_sync_duration_seconds_bucket{le=\"0.0001\",mode=\"partial\"}",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
     }
 }

@@ -65,7 +65,9 @@ enum Op {
     Node(u8, u8),
     DeleteNode(u8),
     Namespace(u8, u8),
-    Policy(u8, [u8; 3]),
+    /// Pods stay; the namespace keeps only its name label.
+    DeleteNamespace(u8),
+    Policy(u8, [u8; 4]),
     DeletePolicy(u8),
 }
 
@@ -169,32 +171,62 @@ fn slice(j: u8, v: [u8; 6]) -> Object {
     })))
 }
 
+/// Label sets pods move between: shared ones (identities held by several
+/// pods), none at all, and one per pod (an identity born and dying with
+/// each relabel).
+fn pod_labels(p: u8, v: u8) -> Option<Value> {
+    match v % 7 {
+        5 => None,
+        6 => Some(json!({"app": format!("a{}", v % 3), "pod": format!("p{p}")})),
+        _ => {
+            let mut labels = json!({"app": format!("a{}", v % 3)});
+            if v.is_multiple_of(2) {
+                labels["tier"] = json!("x");
+            }
+            Some(labels)
+        }
+    }
+}
+
+/// An address two pods can claim at once (the first in key order keeps it).
+fn shared_ip(node: u8) -> String {
+    format!("10.244.{node}.250")
+}
+
 fn pod(p: u8, v: [u8; 5]) -> Object {
     let ns = NS[usize::from(p % 2)];
     let node = v[0] % NODES;
-    let mut labels = json!({"app": format!("a{}", v[1] % 3)});
-    if v[1].is_multiple_of(2) {
-        labels["tier"] = json!("x");
-    }
+    let labels = pod_labels(p, v[1]);
     let phase = ["Running", "Running", "Pending", "Succeeded"][usize::from(v[2] % 4)];
     let mut status = json!({"phase": phase});
-    if !v[3].is_multiple_of(5) {
+    if v[3] % 10 == 7 {
+        status["podIP"] = json!(shared_ip(node));
+    } else if !v[3].is_multiple_of(5) {
         status["podIP"] = json!(pod_ip(p, node));
     }
     if v[3].is_multiple_of(3) {
         status["conditions"] = json!([{"type": "Ready", "status": "False"}]);
     }
-    let mut meta = json!({"namespace": ns, "name": format!("p{p}"), "labels": labels});
+    let mut meta = json!({"namespace": ns, "name": format!("p{p}")});
+    if let Some(labels) = labels {
+        meta["labels"] = labels;
+    }
     if v[4].is_multiple_of(6) {
         meta["deletionTimestamp"] = json!("2024-01-01T00:00:00Z");
     }
     let http = 8080 + u32::from(v[4] % 2);
+    let mut spec = json!({"nodeName": format!("node-{node}"), "containers": [{"name": "c", "ports": [
+        {"name": "http", "containerPort": http},
+        {"name": "dns", "containerPort": 5353, "protocol": "UDP"}
+    ]}]});
+    if v[4] % 7 == 3 {
+        // Never selected; as a peer it has its node's address.
+        spec["hostNetwork"] = json!(true);
+        status["podIP"] = json!(node_ip(node));
+    }
     Object::Pod(obj(json!({
         "metadata": meta,
-        "spec": {"nodeName": format!("node-{node}"), "containers": [{"name": "c", "ports": [
-            {"name": "http", "containerPort": http},
-            {"name": "dns", "containerPort": 5353, "protocol": "UDP"}
-        ]}]},
+        "spec": spec,
         "status": status,
     })))
 }
@@ -218,12 +250,37 @@ fn node(k: u8, v: u8) -> Object {
 }
 
 fn namespace(n: u8, v: u8) -> Object {
-    Object::Namespace(obj(json!({
-        "metadata": {"name": NS[usize::from(n % 2)], "labels": {"team": format!("t{}", v % 2)}},
-    })))
+    let mut meta = json!({"name": NS[usize::from(n % 2)]});
+    match v % 4 {
+        // Only the name label the API server adds.
+        3 => {}
+        2 => meta["labels"] = json!({"team": format!("t{}", v % 2), "env": "prod"}),
+        _ => meta["labels"] = json!({"team": format!("t{}", v % 2)}),
+    }
+    Object::Namespace(obj(json!({ "metadata": meta })))
 }
 
-fn policy(q: u8, v: [u8; 3]) -> Object {
+/// The `from` peers of a policy: pod and namespace selectors of every
+/// kind (matchLabels, NotIn and DoesNotExist, which match label-less pods;
+/// the name label; `{}` namespaces) so that relabelled pods and
+/// namespaces enter and leave peer lists.
+fn peers(v: u8) -> Value {
+    match v % 6 {
+        0 | 1 => json!([
+            {"podSelector": {"matchLabels": {"app": format!("a{}", v % 3)}}},
+            {"namespaceSelector": {"matchLabels": {"team": format!("t{}", v % 2)}}}
+        ]),
+        2 => json!([{"podSelector": {"matchExpressions": [
+            {"key": "app", "operator": "NotIn", "values": ["a0"]}]}}]),
+        3 => json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "b"}},
+                     "podSelector": {"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}}]),
+        4 => json!([{"namespaceSelector": {}, "podSelector": {"matchLabels": {"tier": "x"}}}]),
+        _ => json!([{"namespaceSelector": {"matchExpressions": [
+            {"key": "env", "operator": "Exists"}]}}]),
+    }
+}
+
+fn policy(q: u8, v: [u8; 4]) -> Object {
     let ns = NS[usize::from(q % 2)];
     let port = if v[2].is_multiple_of(2) {
         json!(8080)
@@ -238,13 +295,14 @@ fn policy(q: u8, v: [u8; 3]) -> Object {
     };
     let mut spec = json!({
         "podSelector": selected,
-        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": format!("a{}", v[1] % 3)}}},
-                              {"namespaceSelector": {"matchLabels": {"team": format!("t{}", v[1] % 2)}}}],
-                     "ports": [{"port": port}]}],
+        "ingress": [{"from": peers(v[1]), "ports": [{"port": port}]},
+                    {"from": peers(v[3])}],
     });
     if v[2].is_multiple_of(3) {
-        spec["egress"] =
-            json!([{"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": ["10.244.1.0/24"]}}]}]);
+        spec["egress"] = json!([
+            {"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": ["10.244.1.0/24"]}}]},
+            {"to": peers(v[3].wrapping_add(1)), "ports": [{"port": "http"}]}
+        ]);
         spec["policyTypes"] = json!(["Ingress", "Egress"]);
     }
     Object::NetworkPolicy(obj(json!({
@@ -296,7 +354,8 @@ fn apply(t: &mut ChangeTracker, op: &Op) {
             let status = pod.status.get_or_insert_with(Default::default);
             match which % 5 {
                 0 => {
-                    pod.metadata.labels = Some([("app".to_string(), format!("a{}", v % 3))].into());
+                    pod.metadata.labels =
+                        pod_labels(p, v).map(|l| serde_json::from_value(l).expect("labels"));
                 }
                 1 => {
                     status.phase =
@@ -333,6 +392,12 @@ fn apply(t: &mut ChangeTracker, op: &Op) {
         Op::Namespace(n, v) => {
             t.apply(namespace(n, v));
         }
+        Op::DeleteNamespace(n) => {
+            t.delete(
+                Kind::Namespace,
+                &(String::new(), NS[usize::from(n % 2)].to_string()),
+            );
+        }
         Op::Policy(q, v) => {
             t.apply(policy(q % POLICIES, v));
         }
@@ -357,8 +422,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::DeletePod),
         2 => (any::<u8>(), any::<u8>()).prop_map(|(k, v)| Op::Node(k, v)),
         1 => any::<u8>().prop_map(Op::DeleteNode),
-        2 => (any::<u8>(), any::<u8>()).prop_map(|(n, v)| Op::Namespace(n, v)),
-        2 => (any::<u8>(), any::<[u8; 3]>()).prop_map(|(q, v)| Op::Policy(q, v)),
+        3 => (any::<u8>(), any::<u8>()).prop_map(|(n, v)| Op::Namespace(n, v)),
+        1 => any::<u8>().prop_map(Op::DeleteNamespace),
+        3 => (any::<u8>(), any::<[u8; 4]>()).prop_map(|(q, v)| Op::Policy(q, v)),
         1 => any::<u8>().prop_map(Op::DeletePolicy),
     ]
 }
@@ -373,6 +439,16 @@ fn verdicts(t: &TableSet) -> Vec<String> {
         .filter_map(|ip| ip.parse().ok())
         .collect();
     peers.extend((0..NODES).filter_map(|k| node_ip(k).parse::<Ipv4Addr>().ok()));
+    peers.extend((0..NODES).filter_map(|k| shared_ip(k).parse::<Ipv4Addr>().ok()));
+    // This node's other addresses: its VTEP (public-ip annotation), the
+    // pods' gateway and the pod CIDR network address.
+    peers.extend([
+        Ipv4Addr::new(192, 168, 60, 1),
+        Ipv4Addr::new(10, 244, 0, 1),
+        Ipv4Addr::new(10, 244, 0, 0),
+        Ipv4Addr::new(10, 244, 10, 1),
+        Ipv4Addr::new(10, 244, 10, 0),
+    ]);
     peers.insert(Ipv4Addr::new(203, 0, 113, 9));
     let mut out = Vec::new();
     for lp in t.pods.iter() {
@@ -573,7 +649,7 @@ fn remote_pod_label_change_reaches_policy_but_readiness_does_not() {
     tracker.apply(pod(0, [0, 0, 0, 1, 1]));
     tracker.apply(pod(2, [1, 1, 0, 1, 1]));
     // np0: selects app=a0, admits app=a1 on 8080.
-    tracker.apply(policy(0, [0, 1, 2]));
+    tracker.apply(policy(0, [0, 1, 2, 1]));
     let mut compiler = Compiler::new();
     let env = NodeEnvironment::synthetic(tracker.state(), NODE);
     tracker.take_changes();

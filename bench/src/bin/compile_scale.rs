@@ -52,7 +52,7 @@ use kxdp_control::endpoints::derive_endpoint_slices;
 use kxdp_control::metrics::Metrics;
 use kxdp_control::policy::compile_policies;
 use kxdp_control::runner::{spawn_runner, CompileInput, RunnerConfig, Shared, Status, TableSlot};
-use kxdp_control::source::{self, Object, SourceEvent};
+use kxdp_control::source::{self, Kind, Object, SourceEvent};
 use kxdp_control::testing::{SyntheticCluster, SyntheticError};
 use kxdp_dataplane::tables::{publication, IpProto, TableSet};
 use serde::{Deserialize, Serialize};
@@ -128,7 +128,8 @@ enum Cmd {
         changes: usize,
         /// What each change edits (runner path): one endpoint's readiness,
         /// a Service's externalIPs (new frontends: the maps are patched),
-        /// or a pod's labels (the NetworkPolicy compiler runs).
+        /// a pod's labels, a pod created and deleted, or a Namespace's
+        /// labels (the last three run the NetworkPolicy compiler).
         #[arg(long, value_enum, default_value_t = What::Endpoint)]
         what: What,
         /// A full `compile` per change, no runner (the old path).
@@ -141,7 +142,15 @@ enum Cmd {
 enum What {
     Endpoint,
     Service,
+    /// A pod on another node gets a new label (a new identity), then loses
+    /// it.
     Pod,
+    /// A pod is created on another node (a copy of an existing one under a
+    /// new name and address), then deleted.
+    PodAdd,
+    /// A Namespace's `team` label changes (what the policies'
+    /// namespaceSelectors look at), then changes back.
+    Namespace,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +237,12 @@ struct ChangesResult {
     publish_call_p50_ms: Option<f64>,
     publish_call_p99_ms: Option<f64>,
     hwm_kib: u64,
+    /// Runner path: NetworkPolicy work per change (max over the changes):
+    /// policies compiled from scratch, policies with patched peers.
+    #[serde(default)]
+    policies_recompiled_max: usize,
+    #[serde(default)]
+    policies_patched_max: usize,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -398,6 +413,9 @@ fn changes_full(shape: &Shape, n: usize) -> Result<ChangesResult, BenchError> {
         publish_call_p50_ms: Some(p(&publish_calls, 50.0)),
         publish_call_p99_ms: Some(p(&publish_calls, 99.0)),
         hwm_kib: self_status_kib("VmHWM")?,
+        // A full compile recompiles every policy; not counted here.
+        policies_recompiled_max: 0,
+        policies_patched_max: 0,
     })
 }
 
@@ -431,6 +449,14 @@ fn changes_runner(shape: &Shape, n: usize, what: What) -> Result<ChangesResult, 
             state
                 .pods
                 .get(&cluster.pod_key((k * 7919) % cluster.pods.max(1)))
+        })
+        .cloned()
+        .collect();
+    let namespaces: Vec<_> = (1..=n)
+        .filter_map(|k| {
+            state
+                .namespaces
+                .get(&SyntheticCluster::namespace(k % cluster.namespaces.max(1)))
         })
         .cloned()
         .collect();
@@ -512,10 +538,12 @@ fn changes_runner(shape: &Shape, n: usize, what: What) -> Result<ChangesResult, 
         // changed one way, then back.
         let s = (k * 7919) % cluster.services;
         let e = k % cluster.endpoints_per_service;
-        let (there, back): (Object, Object) = match what {
+        let (there, back): (SourceEvent, SourceEvent) = match what {
             What::Endpoint => (
-                Object::EndpointSlice(cluster.endpoint_slice_with(s, Some(e))),
-                Object::EndpointSlice(cluster.endpoint_slice_with(s, None)),
+                SourceEvent::Apply(Object::EndpointSlice(
+                    cluster.endpoint_slice_with(s, Some(e)),
+                )),
+                SourceEvent::Apply(Object::EndpointSlice(cluster.endpoint_slice_with(s, None))),
             ),
             What::Service => {
                 let svc = services
@@ -526,7 +554,10 @@ fn changes_runner(shape: &Shape, n: usize, what: What) -> Result<ChangesResult, 
                 if let Some(spec) = changed.spec.as_mut() {
                     spec.external_ips = Some(vec![format!("203.0.113.{}", k % 250 + 1)]);
                 }
-                (Object::Service(changed), Object::Service(svc))
+                (
+                    SourceEvent::Apply(Object::Service(changed)),
+                    SourceEvent::Apply(Object::Service(svc)),
+                )
             }
             What::Pod => {
                 let pod = pods
@@ -539,13 +570,57 @@ fn changes_runner(shape: &Shape, n: usize, what: What) -> Result<ChangesResult, 
                     .labels
                     .get_or_insert_with(Default::default)
                     .insert("kxdp-bench".into(), "changed".into());
-                (Object::Pod(changed), Object::Pod(pod))
+                (
+                    SourceEvent::Apply(Object::Pod(changed)),
+                    SourceEvent::Apply(Object::Pod(pod)),
+                )
+            }
+            What::PodAdd => {
+                let mut pod = pods
+                    .get(k - 1)
+                    .cloned()
+                    .ok_or_else(|| BenchError::Check("no pod to copy".into()))?;
+                let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                let name = format!("kxdp-bench-{k}");
+                pod.metadata.name = Some(name.clone());
+                if let Some(status) = pod.status.as_mut() {
+                    // Outside every node's pod range (.2 ..), unique per k.
+                    let ip = format!("10.245.{}.{}", k / 250, k % 250 + 1);
+                    status.pod_ip = Some(ip);
+                    status.pod_ips = None;
+                }
+                (
+                    SourceEvent::Apply(Object::Pod(pod)),
+                    SourceEvent::Delete {
+                        kind: Kind::Pod,
+                        key: (ns, name),
+                    },
+                )
+            }
+            What::Namespace => {
+                let ns = namespaces
+                    .get(k - 1)
+                    .cloned()
+                    .ok_or_else(|| BenchError::Check("no namespace to change".into()))?;
+                let mut changed = ns.clone();
+                if let Some(team) = changed
+                    .metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .get_mut("team")
+                {
+                    team.push('x');
+                }
+                (
+                    SourceEvent::Apply(Object::Namespace(changed)),
+                    SourceEvent::Apply(Object::Namespace(ns)),
+                )
             }
         };
-        for (obj, not_ready) in [(there, true), (back, false)] {
+        for (ev, not_ready) in [(there, true), (back, false)] {
             generation += 1;
             let t0 = Instant::now();
-            send(SourceEvent::Apply(obj))?;
+            send(ev)?;
             let (g, at) = seen_rx
                 .recv_timeout(Duration::from_secs(60))
                 .map_err(|e| BenchError::Check(format!("reader did not report: {e}")))?;
@@ -586,6 +661,7 @@ fn changes_runner(shape: &Shape, n: usize, what: What) -> Result<ChangesResult, 
     let mut compile_times = Vec::new();
     let mut handover = Vec::new();
     let mut fast_path = 0;
+    let (mut recompiled_max, mut patched_max) = (0, 0);
     for (generation, at) in &sent_at {
         let Some(r) = records.iter().find(|r| r.generation == *generation) else {
             return Err(BenchError::Check(format!(
@@ -598,6 +674,8 @@ fn changes_runner(shape: &Shape, n: usize, what: What) -> Result<ChangesResult, 
             )));
         }
         fast_path += usize::from(!r.stats.services_reassembled);
+        recompiled_max = recompiled_max.max(r.stats.policy.policies_recompiled);
+        patched_max = patched_max.max(r.stats.policy.policies_patched);
         compile_times.push(r.took);
         handover.push(at.saturating_duration_since(r.done));
     }
@@ -624,6 +702,8 @@ fn changes_runner(shape: &Shape, n: usize, what: What) -> Result<ChangesResult, 
         publish_call_p50_ms: None,
         publish_call_p99_ms: None,
         hwm_kib: self_status_kib("VmHWM")?,
+        policies_recompiled_max: recompiled_max,
+        policies_patched_max: patched_max,
     })
 }
 
@@ -671,6 +751,12 @@ fn all(shape: &Shape, runs: usize, n: usize) -> Result<(), BenchError> {
     let few = (n / 2).max(1).to_string();
     let svc: ChangesResult = child(shape, &["changes", "--what", "service", "--changes", &few])?;
     let pod: ChangesResult = child(shape, &["changes", "--what", "pod", "--changes", &few])?;
+    let pod_add: ChangesResult =
+        child(shape, &["changes", "--what", "pod-add", "--changes", &few])?;
+    let ns: ChangesResult = child(
+        shape,
+        &["changes", "--what", "namespace", "--changes", &few],
+    )?;
     let med = |f: &dyn Fn(&InitialResult) -> f64| {
         median(&initials.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
     };
@@ -736,10 +822,22 @@ fn all(shape: &Shape, runs: usize, n: usize) -> Result<(), BenchError> {
         "| one Service change (externalIP added/removed: frontend maps patched; {} changes, {} without a rebuild) -> visible, p50 / p99 | {:.2} / {:.2} ms | - |",
         svc.changes, svc.fast_path, svc.visible_p50_ms, svc.visible_p99_ms
     );
-    println!(
-        "| one pod label change (NetworkPolicy update; {} changes) -> visible, p50 / p99 | {:.2} / {:.2} ms | - |",
-        pod.changes, pod.visible_p50_ms, pod.visible_p99_ms
-    );
+    for (what, r) in [
+        ("one pod label change", &pod),
+        ("one pod created / deleted", &pod_add),
+        ("one Namespace label change", &ns),
+    ] {
+        println!(
+            "| {what} (NetworkPolicy update; {} changes; at most {} policies recompiled, {} patched) -> compile done p50 / p99; visible p50 / p99 | {:.2} / {:.2} ms; {:.2} / {:.2} ms | - |",
+            r.changes,
+            r.policies_recompiled_max,
+            r.policies_patched_max,
+            r.compile_p50_ms,
+            r.compile_p99_ms,
+            r.visible_p50_ms,
+            r.visible_p99_ms
+        );
+    }
     if let (Some(p50), Some(p99)) = (ch.publish_call_p50_ms, ch.publish_call_p99_ms) {
         println!(
             "| `publish` call incl. dropping the old generation, p50 / p99 | {p50:.1} / {p99:.1} ms | - |"

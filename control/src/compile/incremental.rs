@@ -48,7 +48,10 @@
 //! every time. The NetworkPolicy compiler runs when a NetworkPolicy or
 //! Namespace changed, the local pods or node addresses did, or a pod field
 //! it reads (labels, IPs, phase, nodeName, hostNetwork, container ports);
-//! a readiness change alone does not run it.
+//! a readiness change alone does not run it. It gets the changed pods,
+//! namespaces and policies ([`PolicyInputChanges`]), so a pod change costs
+//! the policy selections that pod affects, not a pass over every pod and
+//! policy (see [`PolicyCompiler::update_changed`]).
 //!
 //! A full compile rebuilds everything from the state and replaces the
 //! cache. It runs when the caller asks (first publish, periodic resync,
@@ -79,7 +82,7 @@ use crate::endpoints::{
     SERVICE_NAME_LABEL,
 };
 use crate::model::{ClusterState, ObjectKey};
-use crate::policy::{PolicyChanges, PolicyCompiler};
+use crate::policy::{PolicyChanges, PolicyCompileStats, PolicyCompiler, PolicyInputChanges};
 use crate::runner::CompileInput;
 use crate::source::{Kind, Object};
 use crate::tracker::ChangeSet;
@@ -109,6 +112,8 @@ pub struct CompileStats {
     pub pods_rebuilt: bool,
     /// The NetworkPolicy compiler ran.
     pub policy_updated: bool,
+    /// What it did (zero when it did not run).
+    pub policy: PolicyCompileStats,
 }
 
 /// One generation from [`Compiler`].
@@ -286,6 +291,7 @@ impl Compiler {
             frontends_changed: true,
             pods_rebuilt: true,
             policy_updated: true,
+            policy: update.stats,
         };
         let out = cache.output(
             node,
@@ -467,7 +473,22 @@ impl Compiler {
             || changed_pods.iter().any(|(a, b)| !same_for_policy(*a, *b))
         {
             let local: Vec<LocalPod> = c.pods.iter().cloned().collect();
-            let update = self.policy.update(state, &opts.node_name, &owned, &local);
+            // Every pod, namespace and policy that changed since the policy
+            // compiler's previous update: it ran at the previous compile, or
+            // what changed in between was nothing it reads (the condition
+            // above), and a full compile runs it over everything.
+            let mut input = PolicyInputChanges::default();
+            for (kind, key) in changes.previous.keys() {
+                match kind {
+                    Kind::Pod => input.pods.push(key.clone()),
+                    Kind::Namespace => input.namespaces.push(key.1.clone()),
+                    Kind::NetworkPolicy => input.policies.push(key.clone()),
+                    Kind::Service | Kind::EndpointSlice | Kind::Node => {}
+                }
+            }
+            let update =
+                self.policy
+                    .update_changed(state, &opts.node_name, &owned, &local, Some(&input));
             let mut pw = Warnings::default();
             pw.extend_policy(&update.warnings);
             c.policy = update.table;
@@ -475,6 +496,7 @@ impl Compiler {
             c.owned = owned;
             policy_changes = update.changes;
             stats.policy_updated = true;
+            stats.policy = update.stats;
         }
 
         let out = c.output(

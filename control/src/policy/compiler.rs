@@ -1,16 +1,34 @@
 //! [`PolicyCompiler`]: the stateful, incremental compiler.
 //!
 //! Per update:
-//! 1. the *universe*: identities (namespace, labels) with stable ids, the
-//!    namespaces' labels, and the cluster-wide IP -> identity map;
+//! 1. the *universe* is brought up to date: identities (namespace, labels)
+//!    with stable ids and how many pods hold each, the namespaces' labels,
+//!    and which pods hold which address (the first in key order keeps a
+//!    contested one). It is kept between updates and changed pod by pod:
+//!    only the pods and namespaces the caller says changed
+//!    ([`PolicyInputChanges`]), or, without that list, every one compared
+//!    with what is stored. The result: identities that appeared or went
+//!    away, namespaces whose labels changed, addresses that may have;
 //! 2. each policy is normalized and its rules' peers evaluated to identity
-//!    lists and address intervals — reused as is when neither the policy nor
-//!    the universe changed; a policy whose compiled form is unchanged keeps
-//!    its version number;
+//!    lists and address intervals when it is new, its spec changed, or a
+//!    namespace one of its namespaceSelectors matches (before or after)
+//!    changed labels. Every other policy keeps its compiled form with the
+//!    identities that went away removed from its peer lists and those that
+//!    appeared and match a peer added — what evaluating it anew would give,
+//!    at the cost of the change. A policy whose compiled form is unchanged
+//!    keeps its version number;
 //! 3. each local pod's (pod, direction) table is looked up by its inputs
 //!    (the selecting policies and their versions, plus the pod's named ports
 //!    for ingress when a selecting rule uses a named port) and built only
-//!    when no table with those inputs exists.
+//!    when no table with those inputs exists;
+//! 4. the cluster-wide peer map (address -> identity, named ports) is
+//!    rebuilt only when an address changed hands, identity or named ports,
+//!    and only those addresses are compared for [`PolicyChanges`].
+//!
+//! So a pod relabelled on another node costs its own facts, a selector
+//! check per policy rule, the patched policies and a peer map rebuild
+//! (O(pods) inserts, no label matching), not a normalization and
+//! evaluation of every policy over every pod.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
@@ -146,13 +164,210 @@ struct DirKey {
     own_ports: Vec<PeerNamedPort>,
 }
 
-/// The universe of one update.
-#[derive(Default)]
+/// What the universe took from one pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PodFacts {
+    namespace: Arc<str>,
+    /// None for hostNetwork pods: never selected, never a pod peer.
+    identity: Option<u32>,
+    /// Sorted; empty for hostNetwork pods and pods without an address.
+    ips: Vec<Ipv4Addr>,
+    /// Only for pods with addresses (peer named ports).
+    named: Vec<PeerNamedPort>,
+}
+
+/// The universe, kept between updates and changed pod by pod: identities
+/// in use, namespace labels, which pod holds which address.
+#[derive(Debug, Default)]
 struct Universe {
+    pods: FxHashMap<ObjectKey, PodFacts>,
+    /// Namespace objects' labels, plus the name label.
+    ns_objects: BTreeMap<String, Labels>,
+    /// Pods per namespace (hostNetwork ones too): a namespace with pods but
+    /// no object still has its name label.
+    ns_pods: FxHashMap<Arc<str>, usize>,
+    /// Effective labels of every namespace with an object or a pod.
     ns_labels: BTreeMap<String, Labels>,
-    /// Live identity ids per namespace, sorted.
-    by_ns: BTreeMap<String, Vec<u32>>,
-    peers: PeerMap,
+    /// Live identity -> pods that have it.
+    id_pods: FxHashMap<u32, usize>,
+    /// Live identity ids per namespace.
+    by_ns: BTreeMap<Arc<str>, BTreeSet<u32>>,
+    /// Address -> pods with that address and what the peer map says.
+    claims: FxHashMap<Ipv4Addr, Claim>,
+    /// Addresses with more than one claim.
+    contested: BTreeSet<Ipv4Addr>,
+}
+
+/// The pods claiming one address, in key order: the first keeps it (a
+/// full scan in key order gives it the address). Its identity and named
+/// ports are copied here so the peer map is rebuilt without looking pods
+/// up.
+#[derive(Debug, Default)]
+struct Claim {
+    holders: Vec<ObjectKey>,
+    identity: Option<u32>,
+    named: Vec<PeerNamedPort>,
+}
+
+/// What changed in the universe during one update.
+#[derive(Debug, Default)]
+struct UniverseDelta {
+    /// Identities touched, with whether they were live before.
+    ids: FxHashMap<u32, bool>,
+    /// Addresses whose holder, identity or named ports may have changed.
+    ips: BTreeSet<Ipv4Addr>,
+    /// Namespaces whose pods or object changed.
+    namespaces: BTreeSet<String>,
+}
+
+/// Identities that appeared and disappeared, and namespaces whose labels
+/// changed (labels before, after; None: no such namespace).
+#[derive(Debug, Default)]
+struct UniverseChanges {
+    born: Vec<u32>,
+    died: Vec<u32>,
+    namespaces: Vec<(String, Option<Labels>, Option<Labels>)>,
+}
+
+impl Universe {
+    /// Count `facts` of pod `key` in.
+    fn link(&mut self, key: &ObjectKey, facts: &PodFacts, d: &mut UniverseDelta) {
+        let count = self.ns_pods.entry(facts.namespace.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            d.namespaces.insert(facts.namespace.to_string());
+        }
+        if let Some(id) = facts.identity {
+            d.ids
+                .entry(id)
+                .or_insert_with(|| self.id_pods.contains_key(&id));
+            let n = self.id_pods.entry(id).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                self.by_ns
+                    .entry(facts.namespace.clone())
+                    .or_default()
+                    .insert(id);
+            }
+        }
+        for &ip in &facts.ips {
+            d.ips.insert(ip);
+            let claim = self.claims.entry(ip).or_default();
+            if let Err(i) = claim.holders.binary_search(key) {
+                claim.holders.insert(i, key.clone());
+            }
+            if claim.holders.len() > 1 {
+                self.contested.insert(ip);
+            }
+        }
+    }
+
+    /// Count `facts` of pod `key` out.
+    fn unlink(&mut self, key: &ObjectKey, facts: &PodFacts, d: &mut UniverseDelta) {
+        if let Some(count) = self.ns_pods.get_mut(&facts.namespace) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.ns_pods.remove(&facts.namespace);
+                d.namespaces.insert(facts.namespace.to_string());
+            }
+        }
+        if let Some(id) = facts.identity {
+            d.ids
+                .entry(id)
+                .or_insert_with(|| self.id_pods.contains_key(&id));
+            if let Some(n) = self.id_pods.get_mut(&id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.id_pods.remove(&id);
+                    if let Some(ids) = self.by_ns.get_mut(&facts.namespace) {
+                        ids.remove(&id);
+                        if ids.is_empty() {
+                            self.by_ns.remove(&facts.namespace);
+                        }
+                    }
+                }
+            }
+        }
+        for &ip in &facts.ips {
+            d.ips.insert(ip);
+            if let Some(claim) = self.claims.get_mut(&ip) {
+                if let Ok(i) = claim.holders.binary_search(key) {
+                    claim.holders.remove(i);
+                }
+                if claim.holders.len() <= 1 {
+                    self.contested.remove(&ip);
+                }
+                if claim.holders.is_empty() {
+                    self.claims.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// Copy the holder's identity and named ports into the claims of
+    /// `ips` (after their holders changed).
+    fn refresh_claims(&mut self, ips: &BTreeSet<Ipv4Addr>) {
+        for ip in ips {
+            let Some(claim) = self.claims.get_mut(ip) else {
+                continue;
+            };
+            let facts = claim.holders.first().and_then(|k| self.pods.get(k));
+            claim.identity = facts.and_then(|f| f.identity);
+            match facts {
+                Some(f) => claim.named.clone_from(&f.named),
+                None => claim.named.clear(),
+            }
+        }
+    }
+
+    /// The peer map: each address to the first pod (key order) holding it.
+    fn peer_map(&self) -> PeerMap {
+        let mut peers = PeerMap::default();
+        for (&ip, claim) in &self.claims {
+            // Only pods with an identity (not hostNetwork) hold addresses.
+            if let Some(id) = claim.identity {
+                peers.insert(ip, id, &claim.named);
+            }
+        }
+        peers
+    }
+}
+
+/// Does a namespace label change alter which namespaces one of the
+/// policy's namespaceSelectors matches (it matches the labels before or
+/// after)?
+fn namespace_change_affects(
+    p: &CompiledPolicy,
+    namespaces: &[(String, Option<Labels>, Option<Labels>)],
+) -> bool {
+    if namespaces.is_empty() {
+        return false;
+    }
+    let rules = [true, false]
+        .into_iter()
+        .flat_map(|ingress| p.body.norm.rules(ingress).unwrap_or(&[]));
+    for rule in rules {
+        for peer in rule.peers.iter().flatten() {
+            let NormPeer::Pods {
+                namespaces: NsScope::Matching(sel),
+                ..
+            } = peer
+            else {
+                continue;
+            };
+            let hit = |l: &Option<Labels>| l.as_ref().is_some_and(|l| sel.matches(l));
+            if namespaces.iter().any(|(_, a, b)| hit(a) || hit(b)) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+impl UniverseChanges {
+    fn is_empty(&self) -> bool {
+        self.born.is_empty() && self.died.is_empty() && self.namespaces.is_empty()
+    }
 }
 
 /// What changed between two generations, for conntrack revocation.
@@ -179,7 +394,15 @@ impl PolicyChanges {
 /// Work counters of one update (tests and benchmarks read them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyCompileStats {
+    /// Policies normalized and evaluated from scratch (new, changed spec,
+    /// or a namespace their namespaceSelector looks at changed labels).
     pub policies_recompiled: usize,
+    /// Policies whose peer identities were patched for identities that
+    /// appeared or went away (a pod added, deleted or relabelled).
+    pub policies_patched: usize,
+    /// Pods whose facts (identity, addresses, named ports) the update
+    /// looked at: every pod without a change list, else the listed ones.
+    pub pods_examined: usize,
     pub dir_tables_built: usize,
     pub dir_tables_reused: usize,
     pub identities: usize,
@@ -194,6 +417,20 @@ pub struct PolicyUpdate {
     pub stats: PolicyCompileStats,
 }
 
+/// The objects that changed since a compiler's previous update, when the
+/// caller knows them (the sync runner's change set does). An update given
+/// this looks at these pods, namespaces and policies only instead of every
+/// one in the state. It must name every object that differs from the state
+/// the previous update saw in a field the compiler reads; naming unchanged
+/// ones is harmless.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyInputChanges {
+    pub pods: Vec<ObjectKey>,
+    /// Namespace names.
+    pub namespaces: Vec<String>,
+    pub policies: Vec<ObjectKey>,
+}
+
 /// Incremental NetworkPolicy compiler; keep one per node.
 #[derive(Debug, Default)]
 pub struct PolicyCompiler {
@@ -203,8 +440,7 @@ pub struct PolicyCompiler {
     rule_infos: Vec<RuleInfo>,
     policies: BTreeMap<ObjectKey, CompiledPolicy>,
     next_version: u64,
-    prev_ns_labels: BTreeMap<String, Labels>,
-    prev_live: BTreeSet<u32>,
+    universe: Universe,
     dir_cache: FxHashMap<DirKey, Arc<DirPolicy>>,
     prev_slots: FxHashMap<Arc<str>, SlotPolicy>,
     prev_peers: Arc<PeerMap>,
@@ -283,7 +519,9 @@ impl PolicyCompiler {
 
     /// Ids and names grow append-only; forget history when most of it is
     /// dead so memory stays proportional to the live state.
-    fn maybe_compact(&mut self, state: &ClusterState) {
+    /// True when it did: the universe is gone too and must be rebuilt from
+    /// the whole state.
+    fn maybe_compact(&mut self, state: &ClusterState) -> bool {
         let live_rules: usize = self
             .policies
             .values()
@@ -299,67 +537,168 @@ impl PolicyCompiler {
                 started: self.started,
                 ..PolicyCompiler::default()
             };
+            return true;
+        }
+        false
+    }
+
+    fn ns_arc(&self, ns: &str) -> Arc<str> {
+        match self.universe.ns_pods.get_key_value(ns) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(ns),
         }
     }
 
-    fn universe(
+    /// What the universe takes from `pod` (interning its identity).
+    fn pod_facts(&mut self, namespace: Arc<str>, pod: &Pod) -> PodFacts {
+        if is_host_network(pod) {
+            return PodFacts {
+                namespace,
+                identity: None,
+                ips: Vec::new(),
+                named: Vec::new(),
+            };
+        }
+        let identity = self
+            .identities
+            .intern(&(namespace.clone(), pod_labels(pod)));
+        let ips = pod_ipv4s(pod);
+        let named = if ips.is_empty() {
+            Vec::new()
+        } else {
+            self.named_ports(pod)
+        };
+        PodFacts {
+            namespace,
+            identity: Some(identity),
+            ips,
+            named,
+        }
+    }
+
+    /// Bring the universe up to date with `state`: only the pods and
+    /// namespaces in `changed`, or (None) every one, compared with what is
+    /// stored. Returns what changed and the addresses whose peer entry may
+    /// have.
+    fn refresh_universe(
         &mut self,
         state: &ClusterState,
-        warnings: &mut Vec<PolicyWarning>,
-    ) -> (Universe, BTreeSet<u32>) {
-        let mut u = Universe::default();
-        for (name, ns) in &state.namespaces {
-            let mut labels = ns.metadata.labels.clone().unwrap_or_default();
-            labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
-            u.ns_labels.insert(name.clone(), labels);
-        }
-        let mut live = BTreeSet::new();
-        let mut owners: FxHashMap<Ipv4Addr, String> = FxHashMap::default();
-        let mut ns_arcs: BTreeMap<&str, Arc<str>> = BTreeMap::new();
-        for ((ns, name), pod) in &state.pods {
-            u.ns_labels
-                .entry(ns.clone())
-                .or_insert_with(|| Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.clone())]));
-            if is_host_network(pod) {
-                continue;
+        changed: Option<&PolicyInputChanges>,
+        stats: &mut PolicyCompileStats,
+    ) -> (UniverseChanges, BTreeSet<Ipv4Addr>) {
+        let mut d = UniverseDelta::default();
+        match changed {
+            Some(c) => {
+                stats.pods_examined = c.pods.len();
+                for key in &c.pods {
+                    self.apply_pod(key, state.pods.get(key), &mut d);
+                }
+                for name in &c.namespaces {
+                    self.apply_namespace(name, state.namespaces.get(name), &mut d);
+                }
             }
-            let ns_arc = ns_arcs
-                .entry(ns)
-                .or_insert_with(|| Arc::from(ns.as_str()))
-                .clone();
-            let id = self.identities.intern(&(ns_arc, pod_labels(pod)));
-            if live.insert(id) {
-                u.by_ns.entry(ns.clone()).or_default().push(id);
-            }
-            let ips = pod_ipv4s(pod);
-            if ips.is_empty() {
-                continue;
-            }
-            let named = self.named_ports(pod);
-            for ip in ips {
-                if u.peers.insert(ip, id, &named) {
-                    owners.insert(ip, format!("{ns}/{name}"));
-                } else {
-                    warnings.push(PolicyWarning::DuplicatePodIp {
-                        ip,
-                        kept: owners.get(&ip).cloned().unwrap_or_default(),
-                        ignored: format!("{ns}/{name}"),
-                    });
+            None => {
+                stats.pods_examined = state.pods.len();
+                let gone: Vec<ObjectKey> = self
+                    .universe
+                    .pods
+                    .keys()
+                    .filter(|k| !state.pods.contains_key(*k))
+                    .cloned()
+                    .collect();
+                for key in &gone {
+                    self.apply_pod(key, None, &mut d);
+                }
+                for (key, pod) in &state.pods {
+                    self.apply_pod(key, Some(pod), &mut d);
+                }
+                let gone: Vec<String> = self
+                    .universe
+                    .ns_objects
+                    .keys()
+                    .filter(|n| !state.namespaces.contains_key(*n))
+                    .cloned()
+                    .collect();
+                for name in &gone {
+                    self.apply_namespace(name, None, &mut d);
+                }
+                for (name, ns) in &state.namespaces {
+                    self.apply_namespace(name, Some(ns), &mut d);
                 }
             }
         }
-        for ids in u.by_ns.values_mut() {
-            ids.sort_unstable();
+        self.universe.refresh_claims(&d.ips);
+        let mut out = UniverseChanges::default();
+        let u = &mut self.universe;
+        for name in d.namespaces {
+            let now = match u.ns_objects.get(&name) {
+                Some(l) => Some(l.clone()),
+                None if u.ns_pods.contains_key(name.as_str()) => Some(Labels::from([(
+                    NAMESPACE_NAME_LABEL.to_string(),
+                    name.clone(),
+                )])),
+                None => None,
+            };
+            if u.ns_labels.get(&name) != now.as_ref() {
+                let before = match &now {
+                    Some(l) => u.ns_labels.insert(name.clone(), l.clone()),
+                    None => u.ns_labels.remove(&name),
+                };
+                out.namespaces.push((name, before, now));
+            }
         }
-        (u, live)
+        for (id, was) in d.ids {
+            match (was, u.id_pods.contains_key(&id)) {
+                (false, true) => out.born.push(id),
+                (true, false) => out.died.push(id),
+                _ => {}
+            }
+        }
+        out.born.sort_unstable();
+        out.died.sort_unstable();
+        (out, d.ips)
     }
 
-    fn eval_peers(
-        &self,
-        u: &Universe,
-        policy_ns: &str,
-        peers: &Option<Vec<NormPeer>>,
-    ) -> RulePeers {
+    fn apply_namespace(
+        &mut self,
+        name: &str,
+        ns: Option<&k8s_openapi::api::core::v1::Namespace>,
+        d: &mut UniverseDelta,
+    ) {
+        let labels = ns.map(|ns| {
+            let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+            labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
+            labels
+        });
+        if self.universe.ns_objects.get(name) == labels.as_ref() {
+            return;
+        }
+        match labels {
+            Some(l) => self.universe.ns_objects.insert(name.to_string(), l),
+            None => self.universe.ns_objects.remove(name),
+        };
+        d.namespaces.insert(name.to_string());
+    }
+
+    fn apply_pod(&mut self, key: &ObjectKey, pod: Option<&Pod>, d: &mut UniverseDelta) {
+        let new = pod.map(|p| {
+            let ns = self.ns_arc(&key.0);
+            self.pod_facts(ns, p)
+        });
+        if self.universe.pods.get(key) == new.as_ref() {
+            return;
+        }
+        if let Some(old) = self.universe.pods.remove(key) {
+            self.universe.unlink(key, &old, d);
+        }
+        if let Some(new) = new {
+            self.universe.link(key, &new, d);
+            self.universe.pods.insert(key.clone(), new);
+        }
+    }
+
+    fn eval_peers(&self, policy_ns: &str, peers: &Option<Vec<NormPeer>>) -> RulePeers {
+        let u = &self.universe;
         let Some(peers) = peers else {
             return RulePeers {
                 any: true,
@@ -375,7 +714,7 @@ impl PolicyCompiler {
                 NormPeer::Nothing => {}
                 NormPeer::Block(iv) => blocks.extend_from_slice(iv),
                 NormPeer::Pods { namespaces, pods } => {
-                    let mut take = |ids: &[u32]| {
+                    let mut take = |ids: &BTreeSet<u32>| {
                         identities.extend(
                             ids.iter()
                                 .copied()
@@ -390,7 +729,7 @@ impl PolicyCompiler {
                         }
                         NsScope::Matching(sel) => {
                             for (ns, ids) in &u.by_ns {
-                                if u.ns_labels.get(ns).is_some_and(|l| sel.matches(l)) {
+                                if u.ns_labels.get(&**ns).is_some_and(|l| sel.matches(l)) {
                                     take(ids);
                                 }
                             }
@@ -412,7 +751,6 @@ impl PolicyCompiler {
         &mut self,
         key: &ObjectKey,
         np: &k8s_openapi::api::networking::v1::NetworkPolicy,
-        u: &Universe,
     ) -> (PolicyBody, Vec<PolicyWarning>) {
         let mut warnings = Vec::new();
         let norm = normalize(&key.0, &key.1, np, &mut warnings);
@@ -435,7 +773,7 @@ impl PolicyCompiler {
                     }
                     CompiledRule {
                         id,
-                        peers: this.eval_peers(u, &norm.namespace, &r.peers),
+                        peers: this.eval_peers(&norm.namespace, &r.peers),
                         ports: r.ports.clone(),
                     }
                 })
@@ -454,7 +792,8 @@ impl PolicyCompiler {
     }
 
     /// Compile a new generation from `state`. `local_pods[i]` is the pod
-    /// with `policy_slot == i`.
+    /// with `policy_slot == i`. Looks at every pod, namespace and policy
+    /// (see [`Self::update_changed`] for the cheaper path).
     pub fn update(
         &mut self,
         state: &ClusterState,
@@ -462,27 +801,100 @@ impl PolicyCompiler {
         node_ips: &[Ipv4Addr],
         local_pods: &[LocalPod],
     ) -> PolicyUpdate {
-        self.maybe_compact(state);
+        self.update_changed(state, node_name, node_ips, local_pods, None)
+    }
+
+    /// [`Self::update`] when the caller knows what changed since this
+    /// compiler's previous update (`changed`, see [`PolicyInputChanges`]).
+    /// Cost then follows the change: the pods and namespaces named update
+    /// the universe; a policy is recompiled only when its spec changed or a
+    /// namespace its namespaceSelector matches (before or after) changed
+    /// labels; the others get the identities that appeared or went away
+    /// patched into their peer lists; the peer map is rebuilt only when an
+    /// address, its identity or named ports changed. The result is the same
+    /// as with `changed = None`. The first update, and the one after ids
+    /// are compacted, look at everything whatever `changed` says.
+    pub fn update_changed(
+        &mut self,
+        state: &ClusterState,
+        node_name: &str,
+        node_ips: &[Ipv4Addr],
+        local_pods: &[LocalPod],
+        changed: Option<&PolicyInputChanges>,
+    ) -> PolicyUpdate {
+        let compacted = self.maybe_compact(state);
+        let changed = changed.filter(|_| self.started && !compacted);
         let mut warnings = Vec::new();
         let mut stats = PolicyCompileStats::default();
-        let (u, live) = self.universe(state, &mut warnings);
-        let universe_changed = u.ns_labels != self.prev_ns_labels || live != self.prev_live;
-        stats.identities = live.len();
+        let (uc, touched_ips) = self.refresh_universe(state, changed, &mut stats);
+        stats.identities = self.universe.id_pods.len();
+        warnings.extend(self.duplicate_ip_warnings());
 
-        // Policies.
-        let mut old = std::mem::take(&mut self.policies);
-        for (key, np) in &state.network_policies {
-            let prev = match old.remove(key) {
-                // Same spec over the same identities: same compiled form.
-                Some(p) if !universe_changed && p.spec == np.spec => {
-                    warnings.extend(p.warnings.iter().cloned());
-                    self.policies.insert(key.clone(), p);
-                    continue;
+        // Policies: which to compile from scratch; the rest keep their spec.
+        let mut kept = std::mem::take(&mut self.policies);
+        let mut to_compile: BTreeMap<ObjectKey, Option<CompiledPolicy>> = BTreeMap::new();
+        match changed {
+            None => {
+                let mut same = BTreeMap::new();
+                for (key, np) in &state.network_policies {
+                    match kept.remove(key) {
+                        Some(p) if p.spec == np.spec => {
+                            same.insert(key.clone(), p);
+                        }
+                        prev => {
+                            to_compile.insert(key.clone(), prev);
+                        }
+                    }
                 }
-                prev => prev,
+                // What is left was deleted.
+                kept = same;
+            }
+            Some(c) => {
+                for key in &c.policies {
+                    match state.network_policies.get(key) {
+                        None => {
+                            kept.remove(key);
+                        }
+                        Some(np) => {
+                            if kept.get(key).is_some_and(|p| p.spec == np.spec) {
+                                continue;
+                            }
+                            let prev = kept.remove(key);
+                            to_compile.entry(key.clone()).or_insert(prev);
+                        }
+                    }
+                }
+            }
+        }
+        if !uc.is_empty() {
+            // A namespace whose labels changed: recompile the policies that
+            // look at it; patch the others' peers for identities that came
+            // and went.
+            let affected: Vec<ObjectKey> = kept
+                .iter()
+                .filter(|(_, p)| namespace_change_affects(p, &uc.namespaces))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in affected {
+                let prev = kept.remove(&key);
+                to_compile.insert(key, prev);
+            }
+            if !uc.born.is_empty() || !uc.died.is_empty() {
+                for p in kept.values_mut() {
+                    if self.patch_peers(p, &uc) {
+                        stats.policies_patched += 1;
+                        self.next_version += 1;
+                        p.version = self.next_version;
+                    }
+                }
+            }
+        }
+        for (key, prev) in to_compile {
+            let Some(np) = state.network_policies.get(&key) else {
+                continue;
             };
             stats.policies_recompiled += 1;
-            let (body, w) = self.compile_policy(key, np, &u);
+            let (body, w) = self.compile_policy(&key, np);
             let version = match prev {
                 Some(p) if p.body == body => p.version,
                 _ => {
@@ -490,9 +902,8 @@ impl PolicyCompiler {
                     self.next_version
                 }
             };
-            warnings.extend(w.iter().cloned());
-            self.policies.insert(
-                key.clone(),
+            kept.insert(
+                key,
                 CompiledPolicy {
                     spec: np.spec.clone(),
                     body,
@@ -501,6 +912,10 @@ impl PolicyCompiler {
                 },
             );
         }
+        for p in kept.values() {
+            warnings.extend(p.warnings.iter().cloned());
+        }
+        self.policies = kept;
 
         // Out of `self` while the local pods borrow it (interners are mutable).
         let policies = std::mem::take(&mut self.policies);
@@ -613,20 +1028,18 @@ impl PolicyCompiler {
             slots.push(slot);
         }
 
-        // Peer map changes.
-        let peers = Arc::new(u.peers);
+        // Peer map: rebuilt when an address, its holder's identity or named
+        // ports changed; the changed entries are among `touched_ips`.
+        let peers = if touched_ips.is_empty() && self.started {
+            self.prev_peers.clone()
+        } else {
+            Arc::new(self.universe.peer_map())
+        };
         if self.started {
-            for ip in peers.ips() {
-                if self.prev_peers.get(ip) != peers.get(ip) {
-                    changes.peer_ips.push(ip);
-                }
-            }
-            for ip in self.prev_peers.ips() {
-                if peers.get(ip).is_none() {
-                    changes.peer_ips.push(ip);
-                }
-            }
-            changes.peer_ips.sort_unstable();
+            changes.peer_ips = touched_ips
+                .into_iter()
+                .filter(|&ip| self.prev_peers.get(ip) != peers.get(ip))
+                .collect();
             changes.node_ips_changed = self.prev_node_ips != node_ips;
         }
 
@@ -639,8 +1052,6 @@ impl PolicyCompiler {
         self.prev_slots = slots.into_iter().map(|s| (s.pod.clone(), s)).collect();
         self.prev_peers = peers;
         self.prev_node_ips = node_ips.to_vec();
-        self.prev_ns_labels = u.ns_labels;
-        self.prev_live = live;
         self.started = true;
         PolicyUpdate {
             table,
@@ -648,6 +1059,93 @@ impl PolicyCompiler {
             changes,
             stats,
         }
+    }
+
+    /// DuplicatePodIp warnings in the order a scan of the pods in key order
+    /// meets them.
+    fn duplicate_ip_warnings(&self) -> Vec<PolicyWarning> {
+        let u = &self.universe;
+        let mut dups: Vec<(&ObjectKey, Ipv4Addr, &ObjectKey)> = Vec::new();
+        for ip in &u.contested {
+            let Some((kept, ignored)) = u.claims.get(ip).and_then(|c| c.holders.split_first())
+            else {
+                continue;
+            };
+            dups.extend(ignored.iter().map(|k| (k, *ip, kept)));
+        }
+        dups.sort_unstable();
+        dups.into_iter()
+            .map(
+                |((ns, name), ip, (kns, kname))| PolicyWarning::DuplicatePodIp {
+                    ip,
+                    kept: format!("{kns}/{kname}"),
+                    ignored: format!("{ns}/{name}"),
+                },
+            )
+            .collect()
+    }
+
+    /// Does the live identity `id` match one of `peers` of a policy in
+    /// `policy_ns` (what [`Self::eval_peers`] would include it for)?
+    fn identity_matches(&self, id: u32, policy_ns: &str, peers: &[NormPeer]) -> bool {
+        let Some((ns, labels)) = self.identities.get(id) else {
+            return false;
+        };
+        peers.iter().any(|peer| match peer {
+            NormPeer::Pods { namespaces, pods } => {
+                pods.matches(labels)
+                    && match namespaces {
+                        NsScope::Own => **ns == *policy_ns,
+                        NsScope::Matching(sel) => self
+                            .universe
+                            .ns_labels
+                            .get(&**ns)
+                            .is_some_and(|l| sel.matches(l)),
+                    }
+            }
+            NormPeer::Block(_) | NormPeer::Nothing => false,
+        })
+    }
+
+    /// Bring a policy's peer identities up to date for identities that
+    /// appeared or went away, the namespaces' labels being unchanged for
+    /// it. Returns true when a rule's peers changed. Equal to evaluating
+    /// the peers anew: a dead identity matches nothing, the membership of
+    /// every other one did not change.
+    fn patch_peers(&self, p: &mut CompiledPolicy, uc: &UniverseChanges) -> bool {
+        let mut changed = false;
+        for d in [PolicyDirection::Ingress, PolicyDirection::Egress] {
+            let norm_rules = p
+                .body
+                .norm
+                .rules(d == PolicyDirection::Ingress)
+                .unwrap_or(&[]);
+            let rules = match d {
+                PolicyDirection::Ingress => &mut p.body.ingress,
+                PolicyDirection::Egress => &mut p.body.egress,
+            };
+            for (rule, norm) in rules.iter_mut().zip(norm_rules) {
+                let Some(peers) = &norm.peers else {
+                    continue; // every peer: no identity list
+                };
+                let ids = &mut rule.peers.identities;
+                let before = ids.len();
+                ids.retain(|id| uc.died.binary_search(id).is_err());
+                let mut grew = false;
+                for &id in &uc.born {
+                    if self.identity_matches(id, &p.body.norm.namespace, peers) {
+                        ids.push(id);
+                        grew = true;
+                    }
+                }
+                if grew {
+                    ids.sort_unstable();
+                    ids.dedup();
+                }
+                changed |= grew || ids.len() != before;
+            }
+        }
+        changed
     }
 
     fn build_dir(
@@ -830,4 +1328,162 @@ fn segment_blocks(
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).expect("test object")
+    }
+
+    fn pod(ns: &str, i: u8, app: &str) -> Pod {
+        obj(json!({
+            "metadata": {"namespace": ns, "name": format!("p{i}"), "labels": {"app": app}},
+            "spec": {"nodeName": format!("node-{}", i % 2), "containers": []},
+            "status": {"phase": "Running", "podIP": format!("10.244.{}.{}", i % 2, i + 2)},
+        }))
+    }
+
+    fn namespace(name: &str, team: &str) -> Namespace {
+        obj(json!({"metadata": {"name": name, "labels": {"team": team}}}))
+    }
+
+    fn policy(ns: &str, name: &str, spec: Value) -> NetworkPolicy {
+        obj(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
+    }
+
+    fn key(ns: &str, name: &str) -> ObjectKey {
+        (ns.to_string(), name.to_string())
+    }
+
+    fn state() -> ClusterState {
+        let mut st = ClusterState::default();
+        for (name, team) in [("a", "t1"), ("b", "t2")] {
+            st.namespaces.insert(name.into(), namespace(name, team));
+        }
+        for i in 0..12u8 {
+            let ns = if i % 2 == 0 { "a" } else { "b" };
+            st.pods.insert(
+                key(ns, &format!("p{i}")),
+                pod(ns, i, &format!("x{}", i % 3)),
+            );
+        }
+        let policies = [
+            policy(
+                "a",
+                "own",
+                json!({"podSelector": {}, "ingress": [{"from": [
+                    {"podSelector": {"matchLabels": {"app": "x1"}}}]}]}),
+            ),
+            policy(
+                "a",
+                "teams",
+                json!({"podSelector": {"matchLabels": {"app": "x0"}}, "ingress": [{"from": [
+                    {"namespaceSelector": {"matchLabels": {"team": "t2"}},
+                     "podSelector": {"matchExpressions": [
+                        {"key": "app", "operator": "In", "values": ["x0", "x2"]}]}}]}]}),
+            ),
+            policy(
+                "b",
+                "not-x1",
+                json!({"podSelector": {}, "ingress": [{"from": [
+                    {"podSelector": {"matchExpressions": [
+                        {"key": "app", "operator": "NotIn", "values": ["x1"]}]}}]}]}),
+            ),
+        ];
+        for np in policies {
+            let k = key(
+                np.metadata.namespace.as_deref().unwrap_or_default(),
+                np.metadata.name.as_deref().unwrap_or_default(),
+            );
+            st.network_policies.insert(k, np);
+        }
+        st
+    }
+
+    /// Every kept policy's compiled form equals evaluating it anew over
+    /// the current universe (same compiler, so the same ids): patched peer
+    /// lists lose dead identities and gain new ones exactly.
+    fn assert_policies_fresh(c: &mut PolicyCompiler, st: &ClusterState, step: &str) {
+        for (k, np) in &st.network_policies {
+            let (body, _) = c.compile_policy(k, np);
+            let kept = c.policies.get(k).map(|p| &p.body);
+            assert_eq!(kept, Some(&body), "{step}: policy {k:?}");
+        }
+        assert_eq!(c.policies.len(), st.network_policies.len(), "{step}");
+    }
+
+    /// A pod relabel, delete and create, and a namespace label change, each
+    /// given as a change list: only the changed pods are examined, no
+    /// policy is recompiled for pod changes, a namespace label change
+    /// recompiles only the policy whose namespaceSelector looks at it, and
+    /// every policy ends up as a fresh evaluation would have it.
+    #[test]
+    fn changed_objects_only_and_policies_equal_a_fresh_evaluation() {
+        let mut st = state();
+        let mut c = PolicyCompiler::new();
+        let first = c.update(&st, "node-0", &[], &[]);
+        assert_eq!(first.stats.policies_recompiled, 3);
+        assert_eq!(first.stats.pods_examined, 12);
+        assert_policies_fresh(&mut c, &st, "first");
+
+        // p3 (b, app x0) gets a label set nobody else has: a new identity
+        // that `teams` admits; x0 in b had only p3 so an identity dies.
+        let p3 = key("b", "p3");
+        st.pods.insert(p3.clone(), pod("b", 3, "x2-only"));
+        let relabel = PolicyInputChanges {
+            pods: vec![p3.clone()],
+            ..PolicyInputChanges::default()
+        };
+        let u = c.update_changed(&st, "node-0", &[], &[], Some(&relabel));
+        assert_eq!(u.stats.pods_examined, 1);
+        assert_eq!(u.stats.policies_recompiled, 0);
+        assert!(u.stats.policies_patched >= 1, "{:?}", u.stats);
+        assert_policies_fresh(&mut c, &st, "relabel");
+        let ip: Ipv4Addr = "10.244.1.5".parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        assert_eq!(u.changes.peer_ips, vec![ip], "only p3's address changed");
+
+        // Delete p3, create p20 in a.
+        st.pods.remove(&p3);
+        let p20 = key("a", "p20");
+        st.pods.insert(p20.clone(), pod("a", 20, "x1"));
+        let churn = PolicyInputChanges {
+            pods: vec![p3, p20],
+            ..PolicyInputChanges::default()
+        };
+        let u = c.update_changed(&st, "node-0", &[], &[], Some(&churn));
+        assert_eq!(u.stats.pods_examined, 2);
+        assert_eq!(u.stats.policies_recompiled, 0);
+        assert_policies_fresh(&mut c, &st, "delete and create");
+
+        // b: team t2 -> t3: `teams` selects namespaces by team.
+        st.namespaces.insert("b".into(), namespace("b", "t3"));
+        let ns = PolicyInputChanges {
+            namespaces: vec!["b".into()],
+            ..PolicyInputChanges::default()
+        };
+        let u = c.update_changed(&st, "node-0", &[], &[], Some(&ns));
+        assert_eq!(u.stats.pods_examined, 0);
+        assert_eq!(u.stats.policies_recompiled, 1);
+        assert_policies_fresh(&mut c, &st, "namespace labels");
+
+        // The namespace object goes: b keeps its name label (its pods).
+        st.namespaces.remove("b");
+        let u = c.update_changed(&st, "node-0", &[], &[], Some(&ns));
+        assert_eq!(u.stats.policies_recompiled, 0, "t3 matched no selector");
+        assert_policies_fresh(&mut c, &st, "namespace deleted");
+        assert!(c.universe.ns_labels.contains_key("b"));
+
+        // Without a change list the same state changes nothing.
+        let u = c.update(&st, "node-0", &[], &[]);
+        assert_eq!(u.stats.policies_recompiled, 0);
+        assert_eq!(u.stats.policies_patched, 0);
+        assert!(u.changes.is_empty(), "{:?}", u.changes);
+    }
 }

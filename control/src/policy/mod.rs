@@ -56,7 +56,10 @@
 //! direction) tables keyed by their inputs (the selecting policies' compiled
 //! versions, and for ingress with named ports the pod's container ports), so
 //! a change rebuilds only the tables it affects; the rest are shared via
-//! `Arc` with the previous generation. [`PolicyChanges`] lists what changed
+//! `Arc` with the previous generation. It also keeps the universe (which
+//! pods hold which identity and address) and re-evaluates only the policy
+//! selections a changed pod or namespace affects
+//! ([`PolicyCompiler::update_changed`]). [`PolicyChanges`] lists what changed
 //! so conntrack entries that a new generation would deny can be dropped
 //! ([`PolicyTable::would_allow`]).
 
@@ -66,7 +69,9 @@ mod spec;
 
 use std::net::Ipv4Addr;
 
-pub use compiler::{PolicyChanges, PolicyCompileStats, PolicyCompiler, PolicyUpdate};
+pub use compiler::{
+    PolicyChanges, PolicyCompileStats, PolicyCompiler, PolicyInputChanges, PolicyUpdate,
+};
 pub use kxdp_dataplane::tables::policy::{
     PolicyDirection, PolicyExplanation, PolicyTable, PolicyVerdict, NODE_RULE,
 };

@@ -7,9 +7,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kxdp_control::compile::{compile, CompileOptions, NodeEnvironment};
+use kxdp_control::compile::{compile, CompileOptions, Compiler, NodeEnvironment};
 use kxdp_control::metrics::Metrics;
-use kxdp_control::runner::{spawn_runner, RunnerConfig, RunnerHandle, Shared, Status, TableSlot};
+use kxdp_control::runner::{
+    spawn_runner, Compiled, RunnerConfig, RunnerHandle, Shared, Status, TableSlot,
+};
 use kxdp_control::source::kube::{
     start_kube_source, KubeConnect, KubeSource, KubeSourceConfig, WatchBackoff,
 };
@@ -31,6 +33,9 @@ pub struct Published {
     /// `ns/name` -> cluster backend IPs in the tables.
     pub backends: BTreeMap<String, BTreeSet<String>>,
     pub changes: usize,
+    /// None when the tables equal a from-scratch `compile` of the same
+    /// state (Services, pods, routes, node), else what differed.
+    pub differs_from_full: Option<String>,
 }
 
 pub struct Harness {
@@ -92,6 +97,10 @@ impl Harness {
         mut extra_hooks: Vec<kxdp_control::runner::PublishHook>,
     ) {
         let log = self.log.clone();
+        // The compile callback's comparison with a from-scratch compile,
+        // picked up by the hook right after that generation's publish.
+        let check: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let hook_check = check.clone();
         let mut hooks: Vec<kxdp_control::runner::PublishHook> = vec![Box::new(move |ev| {
             let state_services = ev
                 .state
@@ -116,6 +125,7 @@ impl Harness {
                 table_services,
                 backends,
                 changes: ev.changes.len(),
+                differs_from_full: hook_check.lock().unwrap().take(),
             });
         })];
         hooks.append(&mut extra_hooks);
@@ -125,15 +135,37 @@ impl Harness {
             metrics: self.metrics.clone(),
             hooks,
         };
-        let compile_fn = |input: &kxdp_control::runner::CompileInput<'_>| {
+        // The daemon's path: the incremental compiler, partial when the
+        // runner hands over a change set. Each generation is also compiled
+        // from scratch and compared.
+        let mut compiler = Compiler::new();
+        let compile_fn = move |input: &kxdp_control::runner::CompileInput<'_>| {
             let env = NodeEnvironment::synthetic(input.state, NODE);
-            compile(
-                input.state,
-                &env,
-                &CompileOptions::new(NODE),
-                input.generation,
-            )
-            .map(|o| o.tables)
+            let opts = CompileOptions::new(NODE);
+            let out = compiler.compile_input(input, &env, &opts)?;
+            let reference = compile(input.state, &env, &opts, input.generation)?;
+            let (a, b) = (&out.tables, &reference.tables);
+            let mut differs = Vec::new();
+            if a.services != b.services {
+                differs.push("services");
+            }
+            if a.pods != b.pods {
+                differs.push("pods");
+            }
+            if a.routes != b.routes {
+                differs.push("routes");
+            }
+            if a.node != b.node {
+                differs.push("node");
+            }
+            if out.warnings != reference.warnings {
+                differs.push("warnings");
+            }
+            *check.lock().unwrap() = (!differs.is_empty()).then(|| differs.join(", "));
+            Ok::<_, kxdp_control::compile::CompileError>(Compiled {
+                tables: out.tables,
+                full: out.stats.full,
+            })
         };
         self.runner = Some(spawn_runner(config, rx, compile_fn, shared).expect("runner"));
     }
@@ -227,6 +259,11 @@ pub fn assert_log_consistent(log: &[Published]) {
         assert_eq!(
             p.state_services, p.table_services,
             "tables differ from their state: {p:#?}"
+        );
+        assert_eq!(
+            p.differs_from_full, None,
+            "generation {} (full: {}) differs from a from-scratch compile",
+            p.generation, p.full
         );
     }
 }
