@@ -1142,6 +1142,24 @@ impl<F: PortFactory> WorkerHandle<F> {
             .map_err(|_| WorkerError::Gone { worker: self.id })
     }
 
+    /// Frames for `ifindex` (the uplink when `uplink`) that this worker
+    /// serves no queue of go to worker `owner` (None: the interface is
+    /// gone). Applied in order with the other commands.
+    pub fn set_owner(
+        &self,
+        ifindex: u32,
+        uplink: bool,
+        owner: Option<usize>,
+    ) -> Result<(), WorkerError> {
+        self.commands
+            .send(Command::SetOwner {
+                ifindex,
+                uplink,
+                owner,
+            })
+            .map_err(|_| WorkerError::Gone { worker: self.id })
+    }
+
     /// Asks the worker to stop (it closes its ports) and waits for it.
     pub fn stop(mut self) -> Result<(), WorkerError> {
         self.stop.store(true, Ordering::Relaxed);
