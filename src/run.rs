@@ -95,8 +95,8 @@ use kxdp_dataplane::tables::{
     ServiceTable, TableReader, TableSet, VxlanConfig,
 };
 use kxdp_dataplane::worker::afxdp::AfXdpFactory;
-use kxdp_dataplane::worker::stats::merge;
 use kxdp_dataplane::worker::handoff::DEFAULT_LANE_SLOTS;
+use kxdp_dataplane::worker::stats::merge;
 use kxdp_dataplane::worker::{
     self, monotonic_ns, Forwarding, HandoffMesh, IdlePolicy, NeighbourRequests, Placement,
     SharedStats, WorkerConfig, WorkerHandle,
@@ -515,11 +515,9 @@ impl Dataplane {
                 ..CoreLimits::default()
             };
             cfg.busy_poll = self.busy_poll.map(|(bp, _)| bp);
-            let (_, fd) = worker
-                .add_port(cfg, WORKER_TIMEOUT)
-                .with_context(|| {
-                    format!("opening AF_XDP socket on {name} queue {q} (worker {w})")
-                })?;
+            let (_, fd) = worker.add_port(cfg, WORKER_TIMEOUT).with_context(|| {
+                format!("opening AF_XDP socket on {name} queue {q} (worker {w})")
+            })?;
             self.steering
                 .register_socket(ifindex, q, fd.as_fd())
                 .with_context(|| format!("registering the socket of {name} queue {q}"))?;
@@ -1386,7 +1384,12 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
-            let s = merge(&dp.worker_stats().iter().map(|s| s.load()).collect::<Vec<_>>());
+            let s = merge(
+                &dp.worker_stats()
+                    .iter()
+                    .map(|s| s.load())
+                    .collect::<Vec<_>>(),
+            );
             tracing::info!(
                 handoffs = s.counters.handoff_sent,
                 rx = s.pipeline.rx,
@@ -1511,7 +1514,12 @@ fn run_null(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
-            let s = merge(&dp.worker_stats().iter().map(|s| s.load()).collect::<Vec<_>>());
+            let s = merge(
+                &dp.worker_stats()
+                    .iter()
+                    .map(|s| s.load())
+                    .collect::<Vec<_>>(),
+            );
             tracing::info!(
                 forwarded = s.counters.null_forwarded,
                 no_peer = s.counters.null_no_peer,

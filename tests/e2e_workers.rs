@@ -24,6 +24,11 @@
 //!   `/metrics`), nothing was dropped for want of a lane slot or a port;
 //! - SIGTERM stops both workers cleanly and detaches every program.
 //!
+//! A second test gives node-a a two-queue uplink (a veth created with
+//! `numrxqueues 2 numtxqueues 2`): queue 0 on worker 0, queue 1 on worker
+//! 1, so each worker transmits VXLAN on its own queue's socket instead of
+//! handing it over.
+//!
 //! Run as root (prints SKIP otherwise). Every wait is bounded.
 
 mod common;
@@ -32,10 +37,12 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::kxdp::{
-    admin_get, cluster_ip_service, cluster_ip_service_proto, metric, tcp_echo_client,
-    tcp_echo_server, KxdpCluster,
+    admin_get, cluster_ip_service, cluster_ip_service_proto, manifests, metric, tcp_echo_client,
+    tcp_echo_server, KxdpCluster, KxdpProcess, TempDir,
 };
-use common::topology::{skip_if_unsupported, udp_echo, Netns};
+use common::topology::{
+    checksum_offload_off, skip_if_unsupported, udp_echo, Netns, Topology, TopologyOptions,
+};
 use serde_json::Value;
 
 const VIP_REMOTE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
@@ -297,5 +304,149 @@ fn e2e_two_workers_hand_frames_over() {
         log.matches("final worker stats").count(),
         2,
         "both workers reported:\n{log}"
+    );
+}
+
+/// The port of worker `w` on `ifindex` in a `/debug/stats` sample.
+fn port_counter(v: &Value, w: u64, ifindex: u32, name: &str) -> u64 {
+    workers(v)
+        .iter()
+        .filter(|x| x.get("worker").and_then(Value::as_u64) == Some(w))
+        .filter_map(|x| x.get("ports")?.as_array().cloned())
+        .flatten()
+        .filter(|p| p.get("ifindex").and_then(Value::as_u64) == Some(u64::from(ifindex)))
+        .filter_map(|p| p.get(name).and_then(Value::as_u64))
+        .sum()
+}
+
+/// Replaces node-a's `eth0` by a veth pair with two queues on each side,
+/// same MAC and address (node-b's Flannel FDB names that MAC), on br0.
+fn two_queue_uplink(topo: &Topology) -> Result<(), String> {
+    let node = topo.node("node-a").ok_or("no node-a")?;
+    let (mac, ip) = (node.mac.clone(), node.ip);
+    node.ns.ip(&["link", "del", "eth0"])?;
+    node.ns.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "numtxqueues",
+        "2",
+        "numrxqueues",
+        "2",
+        "address",
+        &mac,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pa",
+        "numtxqueues",
+        "2",
+        "numrxqueues",
+        "2",
+        "netns",
+        topo.underlay.name(),
+    ])?;
+    topo.underlay.ip(&["link", "set", "pa", "master", "br0"])?;
+    topo.underlay.ip(&["link", "set", "pa", "up"])?;
+    node.ns
+        .ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    node.ns.ip(&["link", "set", "eth0", "up"])?;
+    checksum_offload_off(&node.ns, "eth0")
+}
+
+#[test]
+fn e2e_two_workers_each_transmit_on_their_own_uplink_queue() {
+    const TEST: &str = "e2e_two_workers_each_transmit_on_their_own_uplink_queue";
+    if skip_if_unsupported(TEST) {
+        return;
+    }
+    let setup = (|| -> Result<KxdpCluster, String> {
+        let topo = Topology::standard(TopologyOptions::default())?;
+        two_queue_uplink(&topo)?;
+        let dir = TempDir::new(TEST)?;
+        let path = dir.path.join("cluster.yaml");
+        std::fs::write(&path, manifests(&topo, &services())?)
+            .map_err(|e| format!("write manifests: {e}"))?;
+        let node_a = topo.node("node-a").ok_or("no node-a")?;
+        let kxdp = KxdpProcess::start(
+            node_a,
+            &path,
+            &dir.path,
+            &["--workers", "2"],
+            Duration::from_secs(30),
+        )?;
+        Ok(KxdpCluster {
+            kxdp,
+            topo,
+            manifests: path,
+            dir,
+        })
+    })();
+    let mut c = match setup {
+        Ok(c) => c,
+        Err(e) => panic!("{TEST}: setting up: {e}"),
+    };
+    let uplink_if = c.node_a().ns.ifindex("eth0");
+    let uplink_if = c.check("uplink ifindex", uplink_if);
+    let (a1_if, a2_if) = (c.pod("a1").host_ifindex, c.pod("a2").host_ifindex);
+    let s = stats(&mut c);
+    // Both workers have an uplink socket (one queue each); the pods' veths
+    // are spread over them.
+    for w in 0..2u64 {
+        let has_uplink = workers(&s).iter().any(|x| {
+            x.get("worker").and_then(Value::as_u64) == Some(w)
+                && x.get("ports").and_then(Value::as_array).is_some_and(|ps| {
+                    ps.iter().any(|p| {
+                        p.get("ifindex").and_then(Value::as_u64) == Some(u64::from(uplink_if))
+                    })
+                })
+        });
+        assert!(has_uplink, "worker {w} has no uplink queue:\n{s:#}");
+    }
+    let (w_a1, w_a2) = (worker_of(&s, a1_if), worker_of(&s, a2_if));
+    assert!(w_a1.is_some() && w_a2.is_some() && w_a1 != w_a2, "{s:#}");
+
+    // Each pod -> ClusterIP -> b1 over VXLAN; then pod to pod.
+    tcp(&mut c, "a1", "b1", VIP_REMOTE, 80, 8080);
+    tcp(&mut c, "a2", "b1", VIP_REMOTE, 80, 8080);
+    let a2 = c.pod("a2").ip;
+    tcp(&mut c, "a1", "a2", a2, 8082, 8082);
+
+    let min_frames = (TRANSFER / 1500) as u64;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut s = stats(&mut c);
+    while Instant::now() < deadline
+        && (0..2).any(|w| port_counter(&s, w, uplink_if, "tx_packets") < min_frames)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        s = stats(&mut c);
+    }
+    for w in 0..2u64 {
+        // The worker's own uplink socket carried its pod's VXLAN frames.
+        let tx = port_counter(&s, w, uplink_if, "tx_packets");
+        assert!(
+            tx >= min_frames,
+            "worker {w} sent {tx} on its uplink queue:\n{s:#}"
+        );
+    }
+    // Encapsulated frames were not handed over: only the replies node-b
+    // sends (arriving on whichever queue the kernel picks) and pod to pod
+    // traffic cross workers, and the VXLAN sends of each worker's pod
+    // stayed on that worker. A handed-over frame is never lost.
+    let ws = workers(&s);
+    let sent: u64 = ws.iter().map(|w| loop_counter(w, "handoff_sent")).sum();
+    let received: u64 = ws.iter().map(|w| loop_counter(w, "handoff_received")).sum();
+    assert_eq!(sent, received, "{s:#}");
+    for w in &ws {
+        for bad in ["handoff_no_port", "no_egress_port", "frame_errors"] {
+            assert_eq!(loop_counter(w, bad), 0, "{bad}:\n{s:#}");
+        }
+    }
+    assert_eq!(
+        c.kxdp.stop(),
+        Some(0),
+        "clean exit on SIGTERM:\n{}",
+        c.kxdp.log_text()
     );
 }
