@@ -5,9 +5,10 @@
 //!  or Kubernetes API ─► sync runner ─► compile(state, host env) ─► TableSlot
 //!                                 ▲      + PolicyCompiler (incremental) │ load per batch
 //!  main thread, every 100 ms:     │ host changed                      ▼
-//!    conntrack / affinity GC      │ (request_sync)              worker thread(s)
-//!    every --rescan-ms: host scan ┘ (uplink, pod veths, neighbours)  AF_XDP sockets
-//!      attach/detach pod veths, open/close their sockets ──────────►  on one UMEM
+//!    conntrack / affinity GC      │ (request_sync)          --workers N threads
+//!    every --rescan-ms: host scan ┘ (uplink, pod veths, neighbours)  each: one UMEM,
+//!      attach/detach pod veths, open/close their sockets ──────────►  its sockets;
+//!      (queues placed over the workers, owners told to every worker)  hand-off lanes
 //!    after each publish: steering maps (frontends, NodePorts, pod IPs, masquerade);
 //!      when policy changed: conntrack entries the new policy denies are flushed
 //!    every scan: host path maps (pod veth -> pod IP, node-local addresses)
@@ -37,12 +38,43 @@
 //!   (`net.ipv4.ip_local_port_range`, Linux default 32768-60999): replies to
 //!   those ports on the uplink are steered to kxdp.
 //!
+//! # Workers
+//!
+//! `--workers N` starts N worker threads (worker `i` pinned to the `i`th
+//! CPU of `--cores` when given), each with its own UMEM and the AF_XDP
+//! sockets bound on it. [`Placement`] decides which worker opens which
+//! `(interface, queue)` socket: queue `i` of a multi-queue interface (the
+//! uplink) on worker `i mod N`, a single-queue pod veth whole on the least
+//! loaded worker. After opening them, every worker is told which worker
+//! receives frames for an interface it has no socket on (the one of queue
+//! 0); a removed interface is announced gone first, then its sockets
+//! close.
+//!
+//! A frame of one UMEM can only leave through that UMEM's sockets, so a
+//! frame whose egress belongs to another worker is *handed over*: copied
+//! into a slot of the bounded lane between the two workers
+//! (`worker::handoff`, `--handoff-slots` per lane, all preallocated), then
+//! by the receiving worker into a frame of its own UMEM and transmitted.
+//! A full lane drops the frame and counts it (`handoff_full`), as do a
+//! receiving store without free frames (`handoff_no_frame`) and an egress
+//! that went away meanwhile (`handoff_no_port`). A worker with a queue of
+//! the uplink transmits on its own queue's socket; a worker without one
+//! hands uplink frames to the worker of queue 0. The same applies to
+//! parked frames (sent once their next hop resolves) and to
+//! `--null-pipeline` forwarding. All workers share the tables, conntrack,
+//! affinity and one `NeighbourRequests` set (lock-free with several
+//! producers; the main loop is its one consumer).
+//!
+//! Per-worker counters are in `/debug/stats` (one entry per worker, every
+//! loop counter by name) and in `/metrics` (`kxdp_worker_*{worker=...}`);
+//! `kxdp top` prints a row per worker.
+//!
 //! # Known limits
 //!
-//! - One worker: frames of one worker's UMEM can only leave through that
-//!   worker's sockets, and every interface's queue belongs to one UMEM, so
-//!   several workers need a cross-worker hand-off that does not exist yet.
-//!   `--workers` other than 1 is refused.
+//! - A frame crossing workers costs two copies (slot in, slot out); which
+//!   worker receives a flow depends on the queue the kernel or the NIC
+//!   picks, so on a single-queue uplink with N workers the uplink's worker
+//!   receives all underlay traffic and hands most of it over.
 //! - A pod reaches its node through the steering program's host path
 //!   (`kxdp_ffi::xdp`): ARP replies from the pod and IPv4 from the pod to an
 //!   address configured in the node namespace (not a Service on it) go to

@@ -8,13 +8,16 @@
 //! ([`Worker::poll_once`]):
 //!
 //! ```text
-//!   commands (add/remove port, null peers) ── at most MAX_COMMANDS_PER_ITER
+//!   commands (add/remove port, null peers,   ── at most MAX_COMMANDS_PER_ITER
+//!             owners of other interfaces)
+//!   hand-offs from other workers (≤ batch per lane) ─► copy into own frame ─► send
 //!   tables = reader.load()                   ── once per iteration
 //!   for each port, round robin:
 //!       now = monotonic_ns()                 ── once per rx batch
 //!       recv_batch(≤ batch) ─► Frame ─► pipeline.process ─► verdict
 //!       Forward / Reply  ─► send on the egress port (Pod{ifindex} by a
-//!                            small map, Uplink ─► the uplink port)
+//!                            small map, Uplink ─► the uplink port),
+//!                            or hand a copy to the worker owning it
 //!       ToHost / Drop    ─► release (see below)
 //!   flush every port that got frames; reap completions on every port
 //!   publish a stats snapshot every `stats_interval`
@@ -25,6 +28,33 @@
 //! egress map is only rebuilt by a command, and stats are published as a
 //! snapshot (one `ArcSwap` store, one small allocation) every
 //! `stats_interval`, never per packet.
+//!
+//! # Several workers
+//!
+//! Each worker owns its store and the ports opened on it; workers share
+//! only the tables (read), conntrack and affinity (lock-free), the
+//! neighbour request set (lock-free, any number of producers) and, with
+//! more than one worker, a [`HandoffMesh`] ([`WorkerConfig::handoff`]).
+//! Which worker serves which `(interface, queue)` is the control side's
+//! choice ([`Placement`]); it tells every worker, with
+//! [`WorkerHandle::set_owner`], which worker receives frames for an
+//! interface the worker has no port on. A frame's egress is then:
+//!
+//! 1. a port of this worker on that interface (for a multi-queue uplink,
+//!    this worker's own queue): sent there, no copy;
+//! 2. else the interface's owner: the bytes are copied into a slot of the
+//!    lane to it and this worker's frame is released at once (counted
+//!    `handoff_sent`; `handoff_full` when the lane has no free slot: the
+//!    frame is dropped, never waited for);
+//! 3. else dropped as `no_egress_port`.
+//!
+//! The owner copies the slot into a frame of its own store and sends it on
+//! its port (`handoff_received`); a handed-over frame is never handed on
+//! again (`handoff_no_port` when the owner no longer has the port,
+//! `handoff_no_frame` when its store is empty). Parked frames and null
+//! forwarding go through the same three steps. Nothing here allocates,
+//! locks or makes a system call per packet: lanes are preallocated
+//! lock-free queues.
 //!
 //! # `ToHost`
 //!
