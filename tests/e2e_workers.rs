@@ -29,6 +29,13 @@
 //! 1, so each worker transmits VXLAN on its own queue's socket instead of
 //! handing it over.
 //!
+//! Two more run `--workers 2` on the standard topology: a pod on the
+//! worker without the uplink connects to an external host node-a has no
+//! neighbour entry for (the SYN is parked on that worker, then handed to
+//! the uplink's worker once kxdp resolved the host on demand); and pods
+//! leave and arrive while kxdp runs (the new pod's veth is placed on the
+//! worker the old one freed, traffic crosses workers at once).
+//!
 //! Run as root (prints SKIP otherwise). Every wait is bounded.
 
 mod common;
@@ -37,11 +44,12 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::kxdp::{
-    admin_get, cluster_ip_service, cluster_ip_service_proto, manifests, metric, tcp_echo_client,
-    tcp_echo_server, KxdpCluster, KxdpProcess, TempDir,
+    admin_get, cluster_ip_service, cluster_ip_service_proto, manifests, metric, replace_file,
+    tcp_echo_client, tcp_echo_server, KxdpCluster, KxdpProcess, TempDir,
 };
 use common::topology::{
     checksum_offload_off, skip_if_unsupported, udp_echo, Netns, Topology, TopologyOptions,
+    EXTERNAL_IP,
 };
 use serde_json::Value;
 
@@ -443,6 +451,176 @@ fn e2e_two_workers_each_transmit_on_their_own_uplink_queue() {
             assert_eq!(loop_counter(w, bad), 0, "{bad}:\n{s:#}");
         }
     }
+    assert_eq!(
+        c.kxdp.stop(),
+        Some(0),
+        "clean exit on SIGTERM:\n{}",
+        c.kxdp.log_text()
+    );
+}
+
+fn worker_json(v: &Value, w: Option<u64>) -> Value {
+    workers(v)
+        .into_iter()
+        .find(|x| x.get("worker").and_then(Value::as_u64) == w)
+        .unwrap_or(Value::Null)
+}
+
+/// Node-a forgets `ip` and kxdp's tables follow (next rescan and publish);
+/// then the minimum sync interval of that publish passes.
+fn forget_neighbour(c: &mut KxdpCluster, ip: Ipv4Addr) {
+    let ip_s = ip.to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = c
+            .node_a()
+            .ns
+            .ip(&["neigh", "flush", "to", &ip_s, "dev", "eth0"]);
+        c.check("ip neigh flush on node-a", r);
+        let r = admin_get(
+            &c.node_a().ns,
+            ADMIN.parse().expect("address"),
+            "/debug/tables",
+        );
+        let tables = c.check("GET /debug/tables", r);
+        let v: Value = serde_json::from_str(&tables).unwrap_or(Value::Null);
+        let known = v
+            .get("neighbours")
+            .is_some_and(|n| n.to_string().contains(&ip_s));
+        if !known {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kxdp kept the entry of {ip_s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+}
+
+#[test]
+fn e2e_two_workers_park_a_frame_and_hand_it_over_once_resolved() {
+    const TEST: &str = "e2e_two_workers_park_a_frame_and_hand_it_over_once_resolved";
+    if skip_if_unsupported(TEST) {
+        return;
+    }
+    let mut c = match KxdpCluster::start(TEST, &[], &["--workers", "2"]) {
+        Ok(c) => c,
+        Err(e) => panic!("{TEST}: setting up: {e}"),
+    };
+    let uplink_if = c.node_a().ns.ifindex("eth0");
+    let uplink_if = c.check("uplink ifindex", uplink_if);
+    let s = stats(&mut c);
+    let w_up = worker_of(&s, uplink_if);
+    // The pod whose veth is not on the uplink's worker.
+    let (pod, w_pod) = ["a1", "a2"]
+        .iter()
+        .map(|p| (*p, worker_of(&s, c.pod(p).host_ifindex)))
+        .find(|(_, w)| w.is_some() && *w != w_up)
+        .unwrap_or_else(|| panic!("both pods on the uplink's worker:\n{s:#}"));
+
+    forget_neighbour(&mut c, EXTERNAL_IP);
+    let before = worker_json(&stats(&mut c), w_pod);
+    let what = format!("TCP {pod} -> external:7070 with the external host unresolved");
+    let srv = tcp_echo_server(&c.topo.external, 7070, IO_TIMEOUT);
+    let srv = c.check(&what, srv);
+    let client = tcp_echo_client(&c.pod(pod).ns, EXTERNAL_IP, 7070, 1000, IO_TIMEOUT);
+    let served = srv
+        .join()
+        .map_err(|_| "server panicked".to_string())
+        .and_then(|r| r);
+    c.check(&what, client);
+    assert_eq!(c.check(&what, served), 1000);
+
+    std::thread::sleep(Duration::from_millis(300));
+    let s = stats(&mut c);
+    let after = worker_json(&s, w_pod);
+    let moved = |k: &str| loop_counter(&after, k).saturating_sub(loop_counter(&before, k));
+    // The SYN waited on the pod's worker and left through the uplink's
+    // worker once the next hop resolved.
+    assert!(moved("neighbour_requests") >= 1, "{s:#}");
+    assert!(moved("neighbour_parked") >= 1, "{s:#}");
+    assert!(moved("neighbour_parked_sent") >= 1, "{s:#}");
+    assert!(moved("handoff_sent") >= 1, "{s:#}");
+    let log = c.kxdp.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("next hop resolved on demand")
+                && l.contains(&EXTERNAL_IP.to_string())),
+        "kxdp did not resolve {EXTERNAL_IP} on demand:\n{log}"
+    );
+}
+
+#[test]
+fn e2e_two_workers_pods_come_and_go_live() {
+    const TEST: &str = "e2e_two_workers_pods_come_and_go_live";
+    if skip_if_unsupported(TEST) {
+        return;
+    }
+    let mut c = match KxdpCluster::start(TEST, &services(), &["--workers", "2"]) {
+        Ok(c) => c,
+        Err(e) => panic!("{TEST}: setting up: {e}"),
+    };
+    let s = stats(&mut c);
+    let w_a1 = worker_of(&s, c.pod("a1").host_ifindex);
+    let w_a2 = worker_of(&s, c.pod("a2").host_ifindex);
+    assert_ne!(w_a1, w_a2, "{s:#}");
+
+    // a2 goes away (namespace and veth deleted) under kxdp.
+    c.topo.pods.retain(|p| p.name != "a2");
+    let r = manifests(&c.topo, &services()).and_then(|t| replace_file(&c.manifests, &t));
+    c.check("rewriting the manifests", r);
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while !c.kxdp.log_text().contains("interface released") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.kxdp.running(), "kxdp died:\n{}", c.kxdp.log_text());
+    assert!(
+        c.kxdp.log_text().contains("interface released"),
+        "vetha2 not released:\n{}",
+        c.kxdp.log_text()
+    );
+
+    // a3 arrives: the least loaded worker is the one a2 left.
+    let a3 = Ipv4Addr::new(10, 244, 1, 4);
+    let r = c.topo.add_pod("a3", 0, a3).map(|_| ());
+    c.check("adding pod a3", r);
+    let r = manifests(&c.topo, &services()).and_then(|t| replace_file(&c.manifests, &t));
+    c.check("rewriting the manifests", r);
+    let a3_if = c.pod("a3").host_ifindex;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut s = stats(&mut c);
+    while worker_of(&s, a3_if).is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        s = stats(&mut c);
+    }
+    assert_eq!(worker_of(&s, a3_if), w_a2, "a3 placed:\n{s:#}");
+    // Give the steering maps the new pod's generation, then talk across
+    // workers both ways and to the other node.
+    let before: u64 = workers(&s)
+        .iter()
+        .map(|w| loop_counter(w, "handoff_sent"))
+        .sum();
+    let mut ok = Err(String::new());
+    for _ in 0..10 {
+        ok = udp_echo(&c.pod("a1").ns, &c.pod("a3").ns, a3, 7003);
+        if ok.is_ok() {
+            break;
+        }
+    }
+    c.check("UDP a1 -> new pod a3", ok);
+    tcp(&mut c, "a1", "a3", a3, 8080, 8080);
+    let a1 = c.pod("a1").ip;
+    tcp(&mut c, "a3", "a1", a1, 8081, 8081);
+    tcp(&mut c, "a3", "b1", VIP_REMOTE, 80, 8080);
+    std::thread::sleep(Duration::from_millis(300));
+    let s = stats(&mut c);
+    let after: u64 = workers(&s)
+        .iter()
+        .map(|w| loop_counter(w, "handoff_sent"))
+        .sum();
+    assert!(
+        after - before >= (2 * TRANSFER / 1500) as u64,
+        "hand-offs {before} -> {after}:\n{s:#}"
+    );
     assert_eq!(
         c.kxdp.stop(),
         Some(0),
