@@ -36,6 +36,10 @@
 //! leave and arrive while kxdp runs (the new pod's veth is placed on the
 //! worker the old one freed, traffic crosses workers at once).
 //!
+//! Last, `--null-pipeline` with two workers: a1's and a2's veths on
+//! different workers, frames forwarded unchanged between them through the
+//! hand-off lanes (pods given static neighbours, nothing answers ARP).
+//!
 //! Run as root (prints SKIP otherwise). Every wait is bounded.
 
 mod common;
@@ -627,4 +631,74 @@ fn e2e_two_workers_pods_come_and_go_live() {
         "clean exit on SIGTERM:\n{}",
         c.kxdp.log_text()
     );
+}
+
+#[test]
+fn e2e_two_workers_null_pipeline_forwards_across_workers() {
+    const TEST: &str = "e2e_two_workers_null_pipeline_forwards_across_workers";
+    if skip_if_unsupported(TEST) {
+        return;
+    }
+    let setup = (|| -> Result<(Topology, TempDir), String> {
+        let topo = Topology::standard(TopologyOptions::default())?;
+        // Null forwarding leaves frames unchanged: each pod addresses the
+        // other's MAC directly (its gateway's neighbour entry).
+        let (a1, a2) = (
+            topo.pod("a1").ok_or("no a1")?,
+            topo.pod("a2").ok_or("no a2")?,
+        );
+        let gw = topo.node("node-a").ok_or("no node-a")?.gateway.to_string();
+        for (from, to) in [(a1, a2), (a2, a1)] {
+            from.ns.ip(&[
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                &to.mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+        }
+        let dir = TempDir::new(TEST)?;
+        Ok((topo, dir))
+    })();
+    let (topo, dir) = setup.unwrap_or_else(|e| panic!("{TEST}: setting up: {e}"));
+    let node_a = topo.node("node-a").expect("node-a");
+    let pair = format!(
+        "{},{}",
+        topo.pod("a1").expect("a1").host_veth,
+        topo.pod("a2").expect("a2").host_veth
+    );
+    let mut kxdp = KxdpProcess::spawn(
+        node_a,
+        &dir.path,
+        &["--null-pipeline", "--null-pair", &pair, "--workers", "2"],
+    )
+    .unwrap_or_else(|e| panic!("{TEST}: spawn: {e}"));
+    if let Err(e) = kxdp.wait_ready(Duration::from_secs(30)) {
+        panic!("{TEST}: {e}");
+    }
+    let (a1, a2) = (topo.pod("a1").expect("a1"), topo.pod("a2").expect("a2"));
+    let r = udp_echo(&a1.ns, &a2.ns, a2.ip, 7010);
+    assert!(r.is_ok(), "UDP a1 -> a2: {r:?}\n{}", kxdp.log_text());
+    let r = udp_echo(&a2.ns, &a1.ns, a1.ip, 7011);
+    assert!(r.is_ok(), "UDP a2 -> a1: {r:?}\n{}", kxdp.log_text());
+    std::thread::sleep(Duration::from_millis(300));
+    let body = admin_get(&node_a.ns, ADMIN.parse().expect("address"), "/debug/stats")
+        .unwrap_or_else(|e| panic!("{TEST}: /debug/stats: {e}"));
+    let s: Value = serde_json::from_str(&body).expect("JSON");
+    let (w1, w2) = (
+        worker_of(&s, a1.host_ifindex),
+        worker_of(&s, a2.host_ifindex),
+    );
+    assert!(w1.is_some() && w2.is_some() && w1 != w2, "{s:#}");
+    for w in workers(&s) {
+        // Each worker forwarded its pod's frames and handed them over.
+        assert!(loop_counter(&w, "null_forwarded") >= 2, "{s:#}");
+        assert!(loop_counter(&w, "handoff_sent") >= 2, "{s:#}");
+        assert!(loop_counter(&w, "handoff_received") >= 2, "{s:#}");
+    }
+    assert_eq!(kxdp.stop(), Some(0), "clean exit:\n{}", kxdp.log_text());
 }
