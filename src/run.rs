@@ -127,7 +127,7 @@ use kxdp_dataplane::tables::{
     ServiceTable, TableReader, TableSet, VxlanConfig,
 };
 use kxdp_dataplane::worker::afxdp::AfXdpFactory;
-use kxdp_dataplane::worker::handoff::DEFAULT_LANE_SLOTS;
+use kxdp_dataplane::worker::handoff::default_lane_slots;
 use kxdp_dataplane::worker::stats::merge;
 use kxdp_dataplane::worker::{
     self, monotonic_ns, Forwarding, HandoffMesh, IdlePolicy, NeighbourRequests, Placement,
@@ -198,9 +198,10 @@ pub struct RunArgs {
     /// Frames a lane between two workers holds (each a preallocated 2 KiB
     /// slot; workers × (workers − 1) lanes). A frame for another worker
     /// finding its lane full is dropped and counted (`handoff_full`).
-    #[arg(long, default_value_t = DEFAULT_LANE_SLOTS,
+    /// Default: 2048 / (workers − 1), between 64 and 1024.
+    #[arg(long,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
-    handoff_slots: usize,
+    handoff_slots: Option<usize>,
     /// Admin API address (`/healthz`, `/readyz`, `/metrics`,
     /// `/debug/tables`); `off` disables it.
     #[arg(long, default_value = kxdp_control::admin::DEFAULT_ADMIN_ADDR)]
@@ -919,7 +920,8 @@ fn spawn_workers_with(
     neighbour_requests: Option<Arc<NeighbourRequests>>,
 ) -> Result<Vec<WorkerHandle<AfXdpFactory>>> {
     let n = usize::from(args.workers).max(1);
-    let mesh = (n > 1).then(|| Arc::new(HandoffMesh::new(n, args.handoff_slots)));
+    let slots = args.handoff_slots.unwrap_or_else(|| default_lane_slots(n));
+    let mesh = (n > 1).then(|| Arc::new(HandoffMesh::new(n, slots)));
     let mut workers = Vec::with_capacity(n);
     for id in 0..n {
         let mut cfg = WorkerConfig::new(id);
@@ -963,6 +965,9 @@ fn spawn_workers_with(
         workers = n,
         cores = ?args.cores,
         handoff_slots = mesh.as_ref().map(|m| m.lane_slots()),
+        handoff_mib = mesh
+            .as_ref()
+            .map(|m| (n * (n - 1) * m.lane_slots() * worker::handoff::HANDOFF_SLOT_BYTES) >> 20),
         "workers started"
     );
     Ok(workers)

@@ -40,8 +40,22 @@ use crate::pipeline::Egress;
 /// Bytes of one hand-off slot: a whole UMEM frame (2 KiB), so every frame
 /// a worker could send fits.
 pub const HANDOFF_SLOT_BYTES: usize = crate::pipeline::Frame::MIN_CAPACITY;
-/// Default slots per lane.
-pub const DEFAULT_LANE_SLOTS: usize = 1024;
+/// Most slots [`default_lane_slots`] gives a lane (2 MiB of slots).
+pub const MAX_DEFAULT_LANE_SLOTS: usize = 1024;
+/// Fewest slots [`default_lane_slots`] gives a lane.
+pub const MIN_DEFAULT_LANE_SLOTS: usize = 64;
+/// Slots all lanes *into* one worker get together by default (4 MiB).
+pub const DEFAULT_INBOUND_SLOTS: usize = 2048;
+
+/// Slots per lane for `workers` workers when not configured: the inbound
+/// budget ([`DEFAULT_INBOUND_SLOTS`]) split over the `workers - 1` lanes
+/// into a worker, within [`MIN_DEFAULT_LANE_SLOTS`]..=
+/// [`MAX_DEFAULT_LANE_SLOTS`]. Memory is `workers * (workers - 1) * slots
+/// * 2 KiB`: 4 MiB for 2 workers, about 32 MiB for 8 and 64 MiB for 16.
+pub fn default_lane_slots(workers: usize) -> usize {
+    let lanes_in = workers.saturating_sub(1).max(1);
+    (DEFAULT_INBOUND_SLOTS / lanes_in).clamp(MIN_DEFAULT_LANE_SLOTS, MAX_DEFAULT_LANE_SLOTS)
+}
 
 type Slot = Box<[u8; HANDOFF_SLOT_BYTES]>;
 
@@ -238,6 +252,23 @@ mod tests {
         })
         .collect();
         assert_eq!(got, vec![2, 3]);
+    }
+
+    #[test]
+    fn default_lane_sizes_bound_memory_as_workers_grow() {
+        assert_eq!(default_lane_slots(1), MAX_DEFAULT_LANE_SLOTS);
+        assert_eq!(default_lane_slots(2), 1024);
+        assert_eq!(default_lane_slots(3), 1024);
+        assert_eq!(default_lane_slots(5), 512);
+        assert_eq!(default_lane_slots(16), 136);
+        assert_eq!(default_lane_slots(64), MIN_DEFAULT_LANE_SLOTS);
+        for n in 2..=64 {
+            let inbound = (n - 1) * default_lane_slots(n);
+            assert!(
+                inbound <= DEFAULT_INBOUND_SLOTS.max((n - 1) * MIN_DEFAULT_LANE_SLOTS),
+                "{n} workers"
+            );
+        }
     }
 
     #[test]
