@@ -244,7 +244,7 @@ pub struct RunArgs {
     /// the node's ephemeral ports.
     #[arg(long, default_value = "61000-65535", value_parser = parse_range)]
     masquerade_ports: (u16, u16),
-    /// Frames of the worker's UMEM (2 KiB each).
+    /// Frames of each worker's UMEM (2 KiB each).
     #[arg(long, default_value_t = 16384)]
     umem_frames: u32,
     /// Preferred busy polling: the worker runs the served interfaces'
