@@ -428,9 +428,16 @@ fn e2e_two_workers_each_transmit_on_their_own_uplink_queue() {
     let min_frames = (TRANSFER / 1500) as u64;
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut s = stats(&mut c);
-    while Instant::now() < deadline
-        && (0..2).any(|w| port_counter(&s, w, uplink_if, "tx_packets") < min_frames)
-    {
+    // Each worker publishes its own snapshot every 100 ms: wait until the
+    // two agree (everything handed over was received) and the sends show.
+    let settled = |s: &Value| {
+        let ws = workers(s);
+        let sent: u64 = ws.iter().map(|w| loop_counter(w, "handoff_sent")).sum();
+        let received: u64 = ws.iter().map(|w| loop_counter(w, "handoff_received")).sum();
+        sent == received
+            && (0..2).all(|w| port_counter(s, w, uplink_if, "tx_packets") >= min_frames)
+    };
+    while Instant::now() < deadline && !settled(&s) {
         std::thread::sleep(Duration::from_millis(100));
         s = stats(&mut c);
     }
