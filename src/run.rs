@@ -5,9 +5,10 @@
 //!  or Kubernetes API ─► sync runner ─► Compiler (state, changes,  ─► TableSlot
 //!                                 ▲      host env; incremental)     │ load per batch
 //!  main thread, every 100 ms:     │ host changed                      ▼
-//!    conntrack / affinity GC      │ (HostChanged)               worker thread(s)
-//!    every --rescan-ms: host scan ┘ (uplink, pod veths, neighbours)  AF_XDP sockets
-//!      attach/detach pod veths, open/close their sockets ──────────►  on one UMEM
+//!    conntrack / affinity GC      │ (HostChanged)           --workers N threads
+//!    every --rescan-ms: host scan ┘ (uplink, pod veths, neighbours)  each: one UMEM,
+//!      attach/detach pod veths, open/close their sockets ──────────►  its sockets;
+//!      (queues placed over the workers, owners told to every worker)  hand-off lanes
 //!    after each publish: steering maps (frontends, NodePorts, pod IPs, masquerade);
 //!      when policy changed: conntrack entries the new policy denies are flushed
 //!    every scan: host path maps (pod veth -> pod IP, node-local addresses)
@@ -37,12 +38,43 @@
 //!   (`net.ipv4.ip_local_port_range`, Linux default 32768-60999): replies to
 //!   those ports on the uplink are steered to kxdp.
 //!
+//! # Workers
+//!
+//! `--workers N` starts N worker threads (worker `i` pinned to the `i`th
+//! CPU of `--cores` when given), each with its own UMEM and the AF_XDP
+//! sockets bound on it. [`Placement`] decides which worker opens which
+//! `(interface, queue)` socket: queue `i` of a multi-queue interface (the
+//! uplink) on worker `i mod N`, a single-queue pod veth whole on the least
+//! loaded worker. After opening them, every worker is told which worker
+//! receives frames for an interface it has no socket on (the one of queue
+//! 0); a removed interface is announced gone first, then its sockets
+//! close.
+//!
+//! A frame of one UMEM can only leave through that UMEM's sockets, so a
+//! frame whose egress belongs to another worker is *handed over*: copied
+//! into a slot of the bounded lane between the two workers
+//! (`worker::handoff`, `--handoff-slots` per lane, all preallocated), then
+//! by the receiving worker into a frame of its own UMEM and transmitted.
+//! A full lane drops the frame and counts it (`handoff_full`), as do a
+//! receiving store without free frames (`handoff_no_frame`) and an egress
+//! that went away meanwhile (`handoff_no_port`). A worker with a queue of
+//! the uplink transmits on its own queue's socket; a worker without one
+//! hands uplink frames to the worker of queue 0. The same applies to
+//! parked frames (sent once their next hop resolves) and to
+//! `--null-pipeline` forwarding. All workers share the tables, conntrack,
+//! affinity and one `NeighbourRequests` set (lock-free with several
+//! producers; the main loop is its one consumer).
+//!
+//! Per-worker counters are in `/debug/stats` (one entry per worker, every
+//! loop counter by name) and in `/metrics` (`kxdp_worker_*{worker=...}`);
+//! `kxdp top` prints a row per worker.
+//!
 //! # Known limits
 //!
-//! - One worker: frames of one worker's UMEM can only leave through that
-//!   worker's sockets, and every interface's queue belongs to one UMEM, so
-//!   several workers need a cross-worker hand-off that does not exist yet.
-//!   `--workers` other than 1 is refused.
+//! - A frame crossing workers costs two copies (slot in, slot out); which
+//!   worker receives a flow depends on the queue the kernel or the NIC
+//!   picks, so on a single-queue uplink with N workers the uplink's worker
+//!   receives all underlay traffic and hands most of it over.
 //! - A pod reaches its node through the steering program's host path
 //!   (`kxdp_ffi::xdp`): ARP replies from the pod and IPv4 from the pod to an
 //!   address configured in the node namespace (not a Service on it) go to
@@ -99,10 +131,11 @@ use kxdp_dataplane::tables::{
     ServiceTable, TableReader, TableSet, VxlanConfig,
 };
 use kxdp_dataplane::worker::afxdp::AfXdpFactory;
+use kxdp_dataplane::worker::handoff::default_lane_slots;
 use kxdp_dataplane::worker::stats::merge;
 use kxdp_dataplane::worker::{
-    self, monotonic_ns, Forwarding, IdlePolicy, NeighbourRequests, SharedStats, WorkerConfig,
-    WorkerHandle,
+    self, monotonic_ns, Forwarding, HandoffMesh, IdlePolicy, NeighbourRequests, Placement,
+    SharedStats, WorkerConfig, WorkerHandle,
 };
 use kxdp_ffi::xdp::{
     AttachMode, Interface, LoadOptions, Proto, Role, SteeringProgram, UplinkConfig,
@@ -111,6 +144,8 @@ use kxdp_ffi::xdp::{
 use crate::host::{HostScanner, HostView, OnDemandResolver};
 use crate::napi::{self, NapiSettings, SavedNapi};
 
+/// Most worker threads `--workers` accepts.
+const MAX_WORKERS: usize = 64;
 /// How long a worker may take to open or close a socket.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Main loop tick: conntrack GC cadence and signal latency.
@@ -155,12 +190,22 @@ pub struct RunArgs {
     /// find it. Needs the Kubernetes API source.
     #[arg(long)]
     register_node: bool,
-    /// Worker threads (only 1 is supported for now).
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
-    /// CPUs to pin workers to, one per worker (e.g. `--cores 1`).
+    /// Worker threads, each with its own UMEM and sockets (see the module
+    /// docs for how interfaces and queues are spread over them).
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS as i64))]
+    workers: u16,
+    /// CPUs to pin workers to, in worker order (e.g. `--cores 0,1`);
+    /// workers past the list run unpinned.
     #[arg(long, value_delimiter = ',')]
     cores: Vec<usize>,
+    /// Frames a lane between two workers holds (each a preallocated 2 KiB
+    /// slot; workers × (workers − 1) lanes). A frame for another worker
+    /// finding its lane full is dropped and counted (`handoff_full`).
+    /// Default: 2048 / (workers − 1), between 64 and 1024.
+    #[arg(long,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
+    handoff_slots: Option<usize>,
     /// Admin API address (`/healthz`, `/readyz`, `/metrics`,
     /// `/debug/tables`); `off` disables it.
     #[arg(long, default_value = kxdp_control::admin::DEFAULT_ADMIN_ADDR)]
@@ -203,7 +248,7 @@ pub struct RunArgs {
     /// the node's ephemeral ports.
     #[arg(long, default_value = "61000-65535", value_parser = parse_range)]
     masquerade_ports: (u16, u16),
-    /// Frames of the worker's UMEM (2 KiB each).
+    /// Frames of each worker's UMEM (2 KiB each).
     #[arg(long, default_value_t = 16384)]
     umem_frames: u32,
     /// Preferred busy polling: the worker runs the served interfaces'
@@ -269,13 +314,7 @@ fn init_logging() {
 /// Entry point of `kxdp run`.
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     init_logging();
-    if args.workers != 1 {
-        bail!(
-            "--workers {}: only 1 worker is supported for now (frames cannot cross workers' UMEMs yet)",
-            args.workers
-        );
-    }
-    if args.cores.len() > args.workers {
+    if args.cores.len() > usize::from(args.workers) {
         bail!(
             "--cores lists {} CPUs for {} worker(s)",
             args.cores.len(),
@@ -324,20 +363,76 @@ fn proto_of(p: IpProto) -> Option<Proto> {
     }
 }
 
-/// The worker's counters as Prometheus families.
+/// The workers' counters as Prometheus families (sums and per worker).
 struct WorkerPackets(Vec<Arc<SharedStats>>);
+
+fn forward_directions(p: &kxdp_dataplane::pipeline::WorkerStats) -> [(&'static str, u64); 5] {
+    [
+        ("to-pod", p.forwarded_pod),
+        ("vxlan", p.forwarded_vxlan),
+        ("uplink", p.forwarded_uplink),
+        ("reply", p.replies),
+        ("to-host", p.to_host),
+    ]
+}
 
 impl PacketCounters for WorkerPackets {
     fn forward_packets(&self) -> Vec<(String, u64)> {
         let s = merge(&self.0.iter().map(|s| s.load()).collect::<Vec<_>>());
-        let p = &s.pipeline;
-        vec![
-            ("to-pod".into(), p.forwarded_pod),
-            ("vxlan".into(), p.forwarded_vxlan),
-            ("uplink".into(), p.forwarded_uplink),
-            ("reply".into(), p.replies),
-            ("to-host".into(), p.to_host),
-        ]
+        forward_directions(&s.pipeline)
+            .into_iter()
+            .map(|(d, n)| (d.to_owned(), n))
+            .collect()
+    }
+
+    fn worker_rx_packets(&self) -> Vec<(usize, u64)> {
+        self.0
+            .iter()
+            .map(|s| {
+                let s = s.load();
+                (s.worker, s.pipeline.rx)
+            })
+            .collect()
+    }
+
+    fn worker_forward_packets(&self) -> Vec<(usize, String, u64)> {
+        self.0
+            .iter()
+            .flat_map(|s| {
+                let s = s.load();
+                forward_directions(&s.pipeline)
+                    .into_iter()
+                    .map(move |(d, n)| (s.worker, d.to_owned(), n))
+            })
+            .collect()
+    }
+
+    fn worker_drop_packets(&self) -> Vec<(usize, String, u64)> {
+        self.0
+            .iter()
+            .flat_map(|s| {
+                let s = s.load();
+                let w = s.worker;
+                s.pipeline
+                    .drops
+                    .nonzero()
+                    .map(|(r, n)| (w, r.name().to_owned(), n))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn worker_events(&self) -> Vec<(usize, String, u64)> {
+        self.0
+            .iter()
+            .flat_map(|s| {
+                let s = s.load();
+                s.counters
+                    .named()
+                    .into_iter()
+                    .map(move |(k, n)| (s.worker, k.to_owned(), n))
+            })
+            .collect()
     }
 
     fn drop_packets(&self) -> Vec<(String, u64)> {
@@ -359,11 +454,15 @@ struct Served {
     pod_ip: Option<Ipv4Addr>,
 }
 
-/// The steering program plus the worker: attaches interfaces and keeps the
-/// steering maps in step with the tables.
+/// The steering program plus the workers: attaches interfaces, spreads
+/// their queues over the workers and keeps the steering maps in step with
+/// the tables.
 struct Dataplane {
     steering: SteeringProgram,
-    worker: WorkerHandle<AfXdpFactory>,
+    /// Worker `i` at index `i`.
+    workers: Vec<WorkerHandle<AfXdpFactory>>,
+    /// Which worker serves which (interface, queue).
+    placement: Placement,
     mode: AttachMode,
     bind: BindMode,
     served: BTreeMap<u32, Served>,
@@ -415,7 +514,9 @@ impl RingSizes {
 
 impl Dataplane {
     /// Attaches the program for `role` to `name` (expected at `ifindex`)
-    /// and gives the worker one socket per rx queue. On failure nothing
+    /// and opens one socket per rx queue, each on the worker
+    /// [`Placement`] picks; then tells every worker which one receives
+    /// frames for the interface it has no queue of. On failure nothing
     /// stays attached.
     fn attach(&mut self, name: &str, ifindex: u32, role: Role, ingress: Ingress) -> Result<()> {
         let iface = Interface::lookup(name).with_context(|| format!("interface {name}"))?;
@@ -426,10 +527,18 @@ impl Dataplane {
             );
         }
         let queues = iface.rx_queues();
+        // The program reserves `queues` XSKMAP slots from the interface's
+        // base slot, one per queue a socket is opened for below.
         self.steering
             .attach(&iface, role, self.mode, queues)
             .with_context(|| format!("attaching XDP to {name}"))?;
+        let placed = self.placement.assign(ifindex, queues);
         let opened = (0..queues).try_for_each(|q| -> Result<()> {
+            let w = placed.get(q as usize).copied().unwrap_or(0);
+            let worker = self
+                .workers
+                .get(w)
+                .ok_or_else(|| anyhow!("no worker {w}"))?;
             let mut cfg = PortConfig::new(name, q, ingress);
             cfg.bind = self.bind;
             let (ring, fill) = match role {
@@ -443,10 +552,9 @@ impl Dataplane {
                 ..CoreLimits::default()
             };
             cfg.busy_poll = self.busy_poll.map(|(bp, _)| bp);
-            let (_, fd) = self
-                .worker
-                .add_port(cfg, WORKER_TIMEOUT)
-                .with_context(|| format!("opening AF_XDP socket on {name} queue {q}"))?;
+            let (_, fd) = worker.add_port(cfg, WORKER_TIMEOUT).with_context(|| {
+                format!("opening AF_XDP socket on {name} queue {q} (worker {w})")
+            })?;
             self.steering
                 .register_socket(ifindex, q, fd.as_fd())
                 .with_context(|| format!("registering the socket of {name} queue {q}"))?;
@@ -455,10 +563,12 @@ impl Dataplane {
             Ok(())
         });
         if let Err(e) = opened {
-            let _ = self.worker.remove_port(ifindex, WORKER_TIMEOUT);
+            self.close_sockets(ifindex);
             let _ = self.steering.detach(ifindex);
             return Err(e);
         }
+        let owner = self.placement.owner(ifindex);
+        self.broadcast_owner(ifindex, role == Role::Uplink, owner);
         if let Some((_, napi)) = self.busy_poll {
             let (saved, errors) = napi::apply(name, napi);
             for e in errors {
@@ -484,9 +594,37 @@ impl Dataplane {
             ifindex,
             queues,
             ?role,
+            workers = ?placed,
             "serving interface"
         );
         Ok(())
+    }
+
+    /// Tells every worker where frames for `ifindex` go when it serves no
+    /// queue of it (None: nowhere, the interface is going away).
+    fn broadcast_owner(&self, ifindex: u32, uplink: bool, owner: Option<usize>) {
+        for w in &self.workers {
+            if let Err(e) = w.set_owner(ifindex, uplink, owner) {
+                tracing::warn!(worker = w.id(), ifindex, error = %e, "telling the worker");
+            }
+        }
+    }
+
+    /// Closes the sockets of `ifindex` on every worker that has one and
+    /// forgets its placement.
+    fn close_sockets(&mut self, ifindex: u32) {
+        let mut workers = self.placement.release(ifindex);
+        workers.sort_unstable();
+        workers.dedup();
+        for w in workers {
+            let Some(worker) = self.workers.get(w) else {
+                continue;
+            };
+            match worker.remove_port(ifindex, WORKER_TIMEOUT) {
+                Ok(()) | Err(worker::WorkerError::NoSuchPort { .. }) => {}
+                Err(e) => tracing::warn!(worker = w, ifindex, error = %e, "closing sockets"),
+            }
+        }
     }
 
     /// Closes the sockets of `ifindex` and detaches from it (if it still
@@ -495,9 +633,10 @@ impl Dataplane {
         let Some(s) = self.served.remove(&ifindex) else {
             return;
         };
-        if let Err(e) = self.worker.remove_port(ifindex, WORKER_TIMEOUT) {
-            tracing::warn!(interface = %s.name, error = %e, "closing sockets");
-        }
+        // Other workers stop handing frames over first; what is already in
+        // a lane is counted (`handoff_no_port`) by the owner.
+        self.broadcast_owner(ifindex, false, None);
+        self.close_sockets(ifindex);
         if let Err(e) = self.steering.detach(ifindex) {
             tracing::warn!(interface = %s.name, error = %e, "detaching XDP");
         }
@@ -665,12 +804,33 @@ impl Dataplane {
         );
     }
 
-    /// Stops the worker (its sockets close: the kernel empties their
+    /// True while every worker thread runs.
+    fn workers_running(&self) -> bool {
+        self.workers.iter().all(WorkerHandle::is_running)
+    }
+
+    /// The workers' stats handles, in worker order.
+    fn worker_stats(&self) -> Vec<Arc<SharedStats>> {
+        self.workers.iter().map(WorkerHandle::stats).collect()
+    }
+
+    /// Null forwarding on every worker: frames from `from` go out on `to`.
+    fn set_null_peer(&self, from: u32, to: u32) -> Result<()> {
+        for w in &self.workers {
+            w.set_null_peer(from, Some(to))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the workers (their sockets close: the kernel empties their
     /// slots), then detaches everything unless told to leave it attached.
     fn shutdown(mut self, leave_attached: bool) {
-        let stats = self.worker.stats();
-        if let Err(e) = self.worker.stop() {
-            tracing::warn!(error = %e, "stopping the worker");
+        let all_stats = self.worker_stats();
+        for w in std::mem::take(&mut self.workers) {
+            let id = w.id();
+            if let Err(e) = w.stop() {
+                tracing::warn!(worker = id, error = %e, "stopping the worker");
+            }
         }
         if leave_attached {
             self.steering.leave_attached();
@@ -685,8 +845,17 @@ impl Dataplane {
         for saved in std::mem::take(&mut self.napi_saved).into_values() {
             saved.restore();
         }
-        let s = stats.load();
+        for stats in &all_stats {
+            log_final_stats(&stats.load());
+        }
+        // Dropping the program unpins it.
+    }
+}
+
+fn log_final_stats(s: &kxdp_dataplane::worker::WorkerSnapshot) {
+    {
         tracing::info!(
+            worker = s.worker,
             rx = s.pipeline.rx,
             to_pod = s.pipeline.forwarded_pod,
             vxlan = s.pipeline.forwarded_vxlan,
@@ -695,6 +864,9 @@ impl Dataplane {
             to_host = s.pipeline.to_host,
             drops = ?s.pipeline.drops.nonzero().map(|(r, n)| (r.name(), n)).collect::<Vec<_>>(),
             no_egress_port = s.counters.no_egress_port,
+            handoff_sent = s.counters.handoff_sent,
+            handoff_received = s.counters.handoff_received,
+            handoff_full = s.counters.handoff_full,
             "final worker stats"
         );
         for p in &s.ports {
@@ -710,10 +882,10 @@ impl Dataplane {
                 pool_empty = st.pool_empty,
                 wakeups = st.wakeups,
                 busy_polls = st.busy_polls,
+                worker = s.worker,
                 "final socket stats"
             );
         }
-        // Dropping the program unpins it.
     }
 }
 
@@ -728,57 +900,81 @@ fn environment(view: &HostView) -> NodeEnvironment {
     }
 }
 
-fn spawn_worker(
+fn spawn_workers(
     args: &RunArgs,
     reader: TableReader,
     forwarding: Forwarding,
-) -> Result<WorkerHandle<AfXdpFactory>> {
+) -> Result<Vec<WorkerHandle<AfXdpFactory>>> {
     let ct = Arc::new(Conntrack::new(CtConfig::new(args.conntrack_size)));
     let aff = Arc::new(AffinityTable::new(args.conntrack_size / 4, None));
-    spawn_worker_with(args, reader, forwarding, ct, aff, None)
+    spawn_workers_with(args, reader, forwarding, ct, aff, None)
 }
 
-fn spawn_worker_with(
+/// Starts `--workers` worker threads, worker `i` pinned to `--cores[i]`
+/// when given, each with its own UMEM; with more than one, joined by one
+/// hand-off mesh. They share the tables, conntrack, affinity and the
+/// neighbour request set (safe with several producers, see
+/// `worker::neighbour`).
+fn spawn_workers_with(
     args: &RunArgs,
     reader: TableReader,
     forwarding: Forwarding,
     ct: Arc<Conntrack>,
     aff: Arc<AffinityTable>,
     neighbour_requests: Option<Arc<NeighbourRequests>>,
-) -> Result<WorkerHandle<AfXdpFactory>> {
-    let mut cfg = WorkerConfig::new(0);
-    cfg.core = args.cores.first().copied();
-    cfg.forwarding = forwarding;
-    cfg.neighbour_requests = neighbour_requests;
-    if args.no_idle_sleep {
-        cfg.idle = IdlePolicy {
-            spin: 0,
-            sleep: Duration::ZERO,
+) -> Result<Vec<WorkerHandle<AfXdpFactory>>> {
+    let n = usize::from(args.workers).max(1);
+    let slots = args.handoff_slots.unwrap_or_else(|| default_lane_slots(n));
+    let mesh = (n > 1).then(|| Arc::new(HandoffMesh::new(n, slots)));
+    let mut workers = Vec::with_capacity(n);
+    for id in 0..n {
+        let mut cfg = WorkerConfig::new(id);
+        cfg.core = args.cores.get(id).copied();
+        cfg.forwarding = forwarding;
+        cfg.neighbour_requests = neighbour_requests.clone();
+        cfg.handoff = mesh.clone();
+        if args.no_idle_sleep {
+            cfg.idle = IdlePolicy {
+                spin: 0,
+                sleep: Duration::ZERO,
+            };
+        }
+        let store_cfg = StoreConfig {
+            frames: args.umem_frames,
+            huge_pages: HugePages::Try,
+            ..StoreConfig::default()
         };
+        let rt_priority = args.rt_priority;
+        // On failure the workers started so far stop when dropped.
+        let handle = worker::spawn(
+            cfg,
+            // Runs on the worker thread before its loop: the place to give
+            // that thread (only) its scheduling class.
+            move || {
+                if let Some(p) = rt_priority {
+                    kxdp_ffi::sched::set_current_thread_fifo(p)
+                        .map_err(|e| format!("--rt-priority {p}: {e}"))?;
+                }
+                XskStore::new(&store_cfg).map_err(|e| e.to_string())
+            },
+            AfXdpFactory::default(),
+            reader.clone(),
+            ct.clone(),
+            aff.clone(),
+        )
+        .with_context(|| format!("starting worker {id}"))?;
+        workers.push(handle);
     }
-    let store_cfg = StoreConfig {
-        frames: args.umem_frames,
-        huge_pages: HugePages::Try,
-        ..StoreConfig::default()
-    };
-    let rt_priority = args.rt_priority;
-    worker::spawn(
-        cfg,
-        // Runs on the worker thread before its loop: the place to give
-        // that thread (only) its scheduling class.
-        move || {
-            if let Some(p) = rt_priority {
-                kxdp_ffi::sched::set_current_thread_fifo(p)
-                    .map_err(|e| format!("--rt-priority {p}: {e}"))?;
-            }
-            XskStore::new(&store_cfg).map_err(|e| e.to_string())
-        },
-        AfXdpFactory::default(),
-        reader,
-        ct,
-        aff,
-    )
-    .context("starting the worker")
+    tracing::info!(
+        workers = n,
+        cores = ?args.cores,
+        handoff_slots = mesh.as_ref().map(|m| m.lane_slots()),
+        handoff_mib = mesh
+            .as_ref()
+            .map(|m| (n * (n - 1) * m.lane_slots() * worker::handoff::HANDOFF_SLOT_BYTES) >> 20),
+        "workers started"
+    );
+    Ok(workers)
 }
 
 /// Starts the admin API on `--admin` (None for `off`).
@@ -1103,7 +1299,7 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
 
     // Next hops the worker finds missing, resolved on demand in the loop.
     let mut on_demand = OnDemandResolver::new(Arc::new(NeighbourRequests::new()));
-    let worker = spawn_worker_with(
+    let workers = spawn_workers_with(
         args,
         reader,
         Forwarding::Pipeline,
@@ -1111,11 +1307,13 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         aff.clone(),
         Some(on_demand.requests().clone()),
     )?;
-    metrics.set_packet_counters(Arc::new(WorkerPackets(vec![worker.stats()])));
-    dataplane_view.set_workers(vec![worker.stats()]);
+    let stats: Vec<_> = workers.iter().map(WorkerHandle::stats).collect();
+    metrics.set_packet_counters(Arc::new(WorkerPackets(stats.clone())));
+    dataplane_view.set_workers(stats);
     let mut dp = Dataplane {
         steering: load_steering(args)?,
-        worker,
+        placement: Placement::new(workers.len()),
+        workers,
         mode: attach_mode(args.xdp_mode),
         bind: bind_mode(args.bind),
         served: BTreeMap::new(),
@@ -1166,11 +1364,11 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         let now = monotonic_ns();
         ct.gc(now, gc_budget);
         aff.gc(now, gc_budget);
-        if !dp.worker.is_running() {
+        if !dp.workers_running() {
             dp.shutdown(false);
             source.stop();
             runner.stop();
-            bail!("the worker thread stopped unexpectedly");
+            bail!("a worker thread stopped unexpectedly");
         }
         if let Some(t) = slot.current() {
             if synced_gen != Some(t.generation) {
@@ -1251,8 +1449,14 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
-            let s = dp.worker.stats().load();
+            let s = merge(
+                &dp.worker_stats()
+                    .iter()
+                    .map(|s| s.load())
+                    .collect::<Vec<_>>(),
+            );
             tracing::info!(
+                handoffs = s.counters.handoff_sent,
                 rx = s.pipeline.rx,
                 to_pod = s.pipeline.forwarded_pod,
                 vxlan = s.pipeline.forwarded_vxlan,
@@ -1308,14 +1512,15 @@ fn run_null(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         bail!("--null-pipeline needs at least one --null-pair A,B");
     }
     let (_publisher, reader) = publication(empty_tables(&args.node));
-    let worker = spawn_worker(args, reader, Forwarding::Null)?;
+    let workers = spawn_workers(args, reader, Forwarding::Null)?;
+    let stats: Vec<_> = workers.iter().map(WorkerHandle::stats).collect();
     // The admin API serves the worker's counters (/metrics, /debug/stats)
     // here too, so benchmarks read the same per-socket statistics in both
     // modes; no tables are compiled, so /readyz stays unready.
     let metrics = Arc::new(Metrics::new());
-    metrics.set_packet_counters(Arc::new(WorkerPackets(vec![worker.stats()])));
+    metrics.set_packet_counters(Arc::new(WorkerPackets(stats.clone())));
     let view = DataplaneView::new();
-    view.set_workers(vec![worker.stats()]);
+    view.set_workers(stats);
     let _admin = start_admin(
         args,
         AdminState {
@@ -1327,7 +1532,8 @@ fn run_null(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     )?;
     let mut dp = Dataplane {
         steering: load_steering(args)?,
-        worker,
+        placement: Placement::new(workers.len()),
+        workers,
         mode: attach_mode(args.xdp_mode),
         bind: bind_mode(args.bind),
         served: BTreeMap::new(),
@@ -1354,8 +1560,8 @@ fn run_null(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
                     )?;
                 }
             }
-            dp.worker.set_null_peer(ia.ifindex, Some(ib.ifindex))?;
-            dp.worker.set_null_peer(ib.ifindex, Some(ia.ifindex))?;
+            dp.set_null_peer(ia.ifindex, ib.ifindex)?;
+            dp.set_null_peer(ib.ifindex, ia.ifindex)?;
         }
         Ok(())
     })();
@@ -1367,16 +1573,22 @@ fn run_null(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
     let mut last_report = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(TICK);
-        if !dp.worker.is_running() {
+        if !dp.workers_running() {
             dp.shutdown(false);
-            bail!("the worker thread stopped unexpectedly");
+            bail!("a worker thread stopped unexpectedly");
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
-            let s = dp.worker.stats().load();
+            let s = merge(
+                &dp.worker_stats()
+                    .iter()
+                    .map(|s| s.load())
+                    .collect::<Vec<_>>(),
+            );
             tracing::info!(
                 forwarded = s.counters.null_forwarded,
                 no_peer = s.counters.null_no_peer,
+                handoffs = s.counters.handoff_sent,
                 "null forwarding"
             );
         }

@@ -5,8 +5,11 @@
 //! ```
 //!
 //! Samples `/debug/stats` every `--interval` and prints, per worker, the
-//! packets per second received and forwarded by verdict, then the drop
-//! rates by reason, computed from the difference of two successive samples
+//! packets per second received and forwarded by verdict, handed over to
+//! and from other workers (`--workers N`), then the drop rates by reason
+//! (the pipeline's drop reasons plus the worker loop's own drops:
+//! `handoff_full`, `handoff_no_frame`, `handoff_no_port`,
+//! `no_egress_port`, `neighbour_park_full`, `frame_errors`), computed from the difference of two successive samples
 //! over the time between the workers' own snapshot stamps (`published_ns`,
 //! the dataplane's monotonic clock; the daemon's `now_ns` when a worker has
 //! not published yet). On a terminal each frame clears the screen first.
@@ -132,6 +135,17 @@ fn fmt_rate(r: Option<f64>) -> String {
     }
 }
 
+/// Frames the worker loop drops (after or beside the pipeline), by their
+/// `/debug/stats` `loop` key.
+const LOOP_DROPS: [&str; 6] = [
+    "handoff_full",
+    "handoff_no_frame",
+    "handoff_no_port",
+    "no_egress_port",
+    "neighbour_park_full",
+    "frame_errors",
+];
+
 /// One screen computed from two `/debug/stats` samples.
 pub fn frame(prev: &Value, cur: &Value, admin: &str) -> String {
     const FWD: [&str; 5] = ["to-pod", "vxlan", "uplink", "reply", "to-host"];
@@ -144,6 +158,8 @@ pub fn frame(prev: &Value, cur: &Value, admin: &str) -> String {
         "REPLY/s",
         "TO-HOST/s",
         "DROP/s",
+        "HANDOFF-OUT/s",
+        "HANDOFF-IN/s",
     ]);
     let mut drops: Vec<(String, String, f64)> = Vec::new();
     for w in workers(cur) {
@@ -175,7 +191,25 @@ pub fn frame(prev: &Value, cur: &Value, admin: &str) -> String {
                 }
             }
         }
+        for reason in LOOP_DROPS {
+            let r = rate(
+                counter(p, &["loop", reason]),
+                counter(w, &["loop", reason]),
+                secs,
+            );
+            total = total.zip(r).map(|(a, b)| a + b);
+            if let Some(r) = r.filter(|r| *r > 0.0) {
+                drops.push((id.to_string(), reason.to_owned(), r));
+            }
+        }
         row.push(fmt_rate(total));
+        for k in ["handoff_sent", "handoff_received"] {
+            row.push(fmt_rate(rate(
+                counter(p, &["loop", k]),
+                counter(w, &["loop", k]),
+                secs,
+            )));
+        }
         t.row(row);
     }
     drops.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.1.cmp(&b.1)));
@@ -222,15 +256,42 @@ mod tests {
         assert_eq!(lines[0], "kxdp top — 127.0.0.1:10256");
         assert_eq!(
             lines[2],
-            "WORKER  RX/s  TO-POD/s  VXLAN/s  UPLINK/s  REPLY/s  TO-HOST/s  DROP/s"
+            "WORKER  RX/s  TO-POD/s  VXLAN/s  UPLINK/s  REPLY/s  TO-HOST/s  DROP/s  HANDOFF-OUT/s  HANDOFF-IN/s"
         );
         assert_eq!(
             lines[3],
-            "0       10k   500       0.0      0.0       0.0      0.0        15.0"
+            "0       10k   500       0.0      0.0       0.0      0.0        15.0    0.0            0.0"
         );
         assert_eq!(lines[5], "WORKER  DROP-REASON            PACKETS/s");
         assert_eq!(lines[6], "0       policy-denied-ingress  15.0");
         assert_eq!(lines.len(), 7, "{out}");
+    }
+
+    #[test]
+    fn two_workers_get_a_row_each_with_hand_offs_and_loop_drops() {
+        let w = |id: u64, ns: u64, rx: u64, sent: u64, recv: u64, full: u64| {
+            serde_json::json!({
+                "worker": id,
+                "published_ns": ns,
+                "rx": rx,
+                "forwarded": {"to-pod": 0, "vxlan": 0, "uplink": 0, "reply": 0, "to-host": 0},
+                "drops": {},
+                "loop": {"handoff_sent": sent, "handoff_received": recv, "handoff_full": full},
+            })
+        };
+        let prev = serde_json::json!({"now_ns": 1, "workers": [
+            w(0, 1_000_000_000, 0, 0, 0, 0), w(1, 1_000_000_000, 0, 0, 0, 0)]});
+        // 1 s later: worker 1 handed 300 frames to worker 0, 20 refused.
+        let cur = serde_json::json!({"now_ns": 2, "workers": [
+            w(0, 2_000_000_000, 100, 0, 300, 0), w(1, 2_000_000_000, 320, 300, 0, 20)]});
+        let out = frame(&prev, &cur, "x");
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[3].starts_with("0       100 "), "{out}");
+        assert!(lines[3].ends_with("0.0     0.0            300"), "{out}");
+        assert!(lines[4].starts_with("1       320 "), "{out}");
+        assert!(lines[4].ends_with("20.0    300            0.0"), "{out}");
+        assert_eq!(lines[6], "WORKER  DROP-REASON   PACKETS/s", "{out}");
+        assert_eq!(lines[7], "1       handoff_full  20.0", "{out}");
     }
 
     #[test]

@@ -292,9 +292,11 @@ fn e2e_masquerade_pod_to_external_client() {
         .node("node-a")
         .map(|n| n.ip)
         .unwrap_or(Ipv4Addr::UNSPECIFIED);
-    // kxdp learns on-link hosts from the kernel's neighbour table; the
-    // client's ping to the node puts it there (see the report: kxdp does
-    // not yet trigger resolution for arbitrary on-link destinations).
+    // The external client must reach the node first. (kxdp resolves an
+    // on-link destination it has no neighbour entry for on demand, parking
+    // the first frames meanwhile, see e2e_neighbour.rs; this ping also puts
+    // the client in the kernel's neighbour table, so this test does not
+    // depend on that path.)
     let r = ping(&c.topo.external, node_a_ip, 3);
     c.check("ping external -> node-a", r);
     let (tx, rx) = std::sync::mpsc::channel();

@@ -29,7 +29,9 @@
 //! - `GET /debug/stats` — per-worker counters: `{"now_ns": N, "workers":
 //!   [{"worker", "published_ns", "rx", "forwarded": {"to-pod", "vxlan",
 //!   "uplink", "reply", "to-host"}, "drops": {reason name: N}, "loop":
-//!   {..}, "free_frames", "ports": [{"ifindex", "ingress", counters..}]}]}`.
+//!   {every `WorkerCounters` field: "handoff_sent", "handoff_received",
+//!   "handoff_full", "neighbour_parked", ...}, "free_frames", "ports":
+//!   [{"ifindex", "ingress", counters..}]}]}`, one entry per worker.
 //!   Times are on the dataplane's monotonic clock (rates come from the
 //!   difference of two samples' `published_ns`).
 //!
@@ -227,16 +229,13 @@ pub fn worker_stats_json(s: &WorkerSnapshot) -> serde_json::Value {
             "to-host": p.to_host,
         },
         "drops": drops,
-        "loop": {
-            "iterations": c.iterations,
-            "idle_iterations": c.idle_iterations,
-            "batches": c.batches,
-            "no_egress_port": c.no_egress_port,
-            "to_host_released": c.to_host_released,
-            "frame_errors": c.frame_errors,
-            "null_forwarded": c.null_forwarded,
-            "null_no_peer": c.null_no_peer,
-        },
+        // Every loop counter by its field name (hand-offs between
+        // workers, neighbour requests and parked frames included).
+        "loop": c
+            .named()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect::<serde_json::Map<String, serde_json::Value>>(),
         "free_frames": s.free_frames,
         "ports": ports,
     })

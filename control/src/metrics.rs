@@ -15,6 +15,14 @@
 //! | `kxdp_manifest_errors_total` | counter | — (manifest loads rejected; previous tables kept) |
 //! | `kxdp_forward_packets_total` | counter | `direction` (from [`PacketCounters`]) |
 //! | `kxdp_drop_packets_total` | counter | `reason` (from [`PacketCounters`]) |
+//! | `kxdp_worker_rx_packets_total` | counter | `worker` |
+//! | `kxdp_worker_forward_packets_total` | counter | `worker`, `direction` |
+//! | `kxdp_worker_drop_packets_total` | counter | `worker`, `reason` |
+//! | `kxdp_worker_events_total` | counter | `worker`, `counter` (the worker loop's own counters: `handoff_sent`, `handoff_received`, `handoff_full`, `neighbour_parked`, `no_egress_port`, ... as in `/debug/stats`) |
+//!
+//! The `kxdp_forward_packets_total` / `kxdp_drop_packets_total` families
+//! are the sums over workers; the `kxdp_worker_*` families are the same
+//! counters per worker.
 //!
 //! Packet counters live in the workers; the binary hands an implementation
 //! of [`PacketCounters`] to [`Metrics::set_packet_counters`] and it is read
@@ -41,6 +49,45 @@ pub trait PacketCounters: Send + Sync + 'static {
     fn forward_packets(&self) -> Vec<(String, u64)>;
     /// `(reason, packets)` pairs, reason as the drop reason's stable name.
     fn drop_packets(&self) -> Vec<(String, u64)>;
+    /// `(worker, packets received)`.
+    fn worker_rx_packets(&self) -> Vec<(usize, u64)> {
+        Vec::new()
+    }
+    /// `(worker, direction, packets)`.
+    fn worker_forward_packets(&self) -> Vec<(usize, String, u64)> {
+        Vec::new()
+    }
+    /// `(worker, reason, packets)`.
+    fn worker_drop_packets(&self) -> Vec<(usize, String, u64)> {
+        Vec::new()
+    }
+    /// `(worker, counter, value)` of the worker loop's own counters.
+    fn worker_events(&self) -> Vec<(usize, String, u64)> {
+        Vec::new()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabel {
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerDirectionLabel {
+    worker: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerReasonLabel {
+    worker: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerCounterLabel {
+    worker: String,
+    counter: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -331,6 +378,70 @@ impl Collector for PacketCollector {
             let labels = ReasonLabel { reason };
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
+        let rx = source.worker_rx_packets();
+        if !rx.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "worker_rx_packets",
+                "Packets received, per worker",
+                None,
+                MetricType::Counter,
+            )?;
+            for (w, n) in rx {
+                let labels = WorkerLabel {
+                    worker: w.to_string(),
+                };
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let forward = source.worker_forward_packets();
+        if !forward.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "worker_forward_packets",
+                "Packets forwarded, per worker and direction",
+                None,
+                MetricType::Counter,
+            )?;
+            for (w, direction, n) in forward {
+                let labels = WorkerDirectionLabel {
+                    worker: w.to_string(),
+                    direction,
+                };
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let drops = source.worker_drop_packets();
+        if !drops.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "worker_drop_packets",
+                "Packets dropped, per worker and drop reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (w, reason, n) in drops {
+                let labels = WorkerReasonLabel {
+                    worker: w.to_string(),
+                    reason,
+                };
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let events = source.worker_events();
+        if !events.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "worker_events",
+                "Worker loop counters (hand-offs between workers, parked frames, \
+                 neighbour requests, frames without an egress port), per worker",
+                None,
+                MetricType::Counter,
+            )?;
+            for (w, counter, n) in events {
+                let labels = WorkerCounterLabel {
+                    worker: w.to_string(),
+                    counter,
+                };
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -347,6 +458,53 @@ mod tests {
         fn drop_packets(&self) -> Vec<(String, u64)> {
             vec![("policy-denied".into(), 3)]
         }
+    }
+
+    struct TwoWorkers;
+    impl PacketCounters for TwoWorkers {
+        fn forward_packets(&self) -> Vec<(String, u64)> {
+            vec![("to-pod".into(), 5)]
+        }
+        fn drop_packets(&self) -> Vec<(String, u64)> {
+            Vec::new()
+        }
+        fn worker_rx_packets(&self) -> Vec<(usize, u64)> {
+            vec![(0, 4), (1, 6)]
+        }
+        fn worker_forward_packets(&self) -> Vec<(usize, String, u64)> {
+            vec![(0, "to-pod".into(), 2), (1, "to-pod".into(), 3)]
+        }
+        fn worker_drop_packets(&self) -> Vec<(usize, String, u64)> {
+            vec![(1, "no-route".into(), 1)]
+        }
+        fn worker_events(&self) -> Vec<(usize, String, u64)> {
+            vec![
+                (0, "handoff_received".into(), 3),
+                (1, "handoff_sent".into(), 3),
+                (1, "neighbour_parked".into(), 2),
+            ]
+        }
+    }
+
+    #[test]
+    fn per_worker_families_carry_a_worker_label() {
+        let m = Metrics::new();
+        m.set_packet_counters(Arc::new(TwoWorkers));
+        let text = m.encode();
+        for needle in [
+            "kxdp_forward_packets_total{direction=\"to-pod\"} 5",
+            "kxdp_worker_rx_packets_total{worker=\"1\"} 6",
+            "kxdp_worker_forward_packets_total{worker=\"0\",direction=\"to-pod\"} 2",
+            "kxdp_worker_drop_packets_total{worker=\"1\",reason=\"no-route\"} 1",
+            "kxdp_worker_events_total{worker=\"0\",counter=\"handoff_received\"} 3",
+            "kxdp_worker_events_total{worker=\"1\",counter=\"handoff_sent\"} 3",
+            "kxdp_worker_events_total{worker=\"1\",counter=\"neighbour_parked\"} 2",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        // A source without per-worker counters adds no empty families.
+        m.set_packet_counters(Arc::new(Fixed));
+        assert!(!m.encode().contains("kxdp_worker_"));
     }
 
     #[test]

@@ -46,9 +46,12 @@
 // pod traffic to anything else is dropped.
 //
 // XSKMAP layout: one map for all interfaces. The loader gives each
-// interface a base slot (`xsk_base`, keyed by ifindex); the slot for a
-// packet is base + rx_queue_index. A socket is only ever reachable from
-// the (interface, queue) it is bound to, as AF_XDP requires.
+// interface a range of slots (`xsk_base`, keyed by ifindex: base and
+// count, one slot per rx queue); the slot for a packet is
+// base + rx_queue_index. A queue index past the range (queues added after
+// the attach) is dropped here, so it can never land in another
+// interface's slots. A socket is only ever reachable from the
+// (interface, queue) it is bound to, as AF_XDP requires.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -142,11 +145,17 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
+// Slots of one interface in xsks: [base, base + count).
+struct xsk_range {
+	__u32 base;
+	__u32 count;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, KXDP_MAX_IFACES);
-	__type(key, __u32);   // ifindex
-	__type(value, __u32); // base slot in xsks
+	__type(key, __u32); // ifindex
+	__type(value, struct xsk_range);
 } xsk_base SEC(".maps");
 
 struct {
@@ -211,15 +220,15 @@ static __always_inline void count(__u32 slot)
 static __always_inline int to_socket(struct xdp_md *ctx, __u32 ok_stat, __u32 drop_stat)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
-	__u32 *base = bpf_map_lookup_elem(&xsk_base, &ifindex);
+	struct xsk_range *range = bpf_map_lookup_elem(&xsk_base, &ifindex);
 	__u32 slot;
 	long ret;
 
-	if (!base) {
+	if (!range || ctx->rx_queue_index >= range->count) {
 		count(drop_stat);
 		return XDP_DROP;
 	}
-	slot = *base + ctx->rx_queue_index;
+	slot = range->base + ctx->rx_queue_index;
 	ret = bpf_redirect_map(&xsks, slot, XDP_DROP);
 	count(ret == XDP_REDIRECT ? ok_stat : drop_stat);
 	return (int)ret;

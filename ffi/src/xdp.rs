@@ -42,7 +42,12 @@
 //!
 //! One XSKMAP serves all interfaces. [`SteeringProgram::attach`] gives an
 //! interface `queues` consecutive slots starting at a base stored in the
-//! `xsk_base` map (ifindex -> base); a packet uses `base + rx_queue_index`.
+//! `xsk_base` map (ifindex -> base and count); a packet uses
+//! `base + rx_queue_index`, and one whose queue index is not below the
+//! count is dropped (counted with the interface's drops), so a queue added
+//! after the attach can never reach another interface's sockets.
+//! [`Interface::rx_queues`] counts rx-only plus combined channels, the
+//! queue indexes the kernel hands the program.
 //!
 //! # Safety rails
 //!
@@ -256,7 +261,10 @@ fn ethtool_rx_queues(name: &str) -> Option<u32> {
     if rc != 0 {
         return None;
     }
-    let n = ch.rx_count.max(ch.combined_count);
+    // ethtool's rx-only and combined channels are disjoint sets of queues
+    // (a driver reports its queues as one or the other): the queue indexes
+    // the kernel gives the program run over both.
+    let n = ch.rx_count.saturating_add(ch.combined_count);
     (n > 0).then_some(n)
 }
 
@@ -685,7 +693,7 @@ impl SteeringProgram {
         }
         let queues = queues.max(1);
         let base = self.alloc_slots(queues)?;
-        if let Err(e) = self.attach_inner(iface, role, mode, base) {
+        if let Err(e) = self.attach_inner(iface, role, mode, base, queues) {
             self.free_slot_range(base, queues);
             return Err(e);
         }
@@ -708,15 +716,16 @@ impl SteeringProgram {
         role: Role,
         mode: AttachMode,
         base: u32,
+        queues: u32,
     ) -> Result<()> {
-        // The base goes in before the program can see a packet, so the
+        // The range goes in before the program can see a packet, so the
         // first packets find their slot (empty: dropped, fail closed).
+        // `struct xsk_range { __u32 base; __u32 count; }` in steer.c.
+        let mut range = [0u8; 8];
+        range[..4].copy_from_slice(&base.to_ne_bytes());
+        range[4..].copy_from_slice(&queues.to_ne_bytes());
         self.xsk_base
-            .update(
-                &iface.ifindex.to_ne_bytes(),
-                &base.to_ne_bytes(),
-                MapFlags::ANY,
-            )
+            .update(&iface.ifindex.to_ne_bytes(), &range, MapFlags::ANY)
             .map_err(bpf_err("set xsk_base"))?;
         let name = match role {
             Role::Pod => PROG_POD,

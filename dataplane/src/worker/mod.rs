@@ -8,13 +8,16 @@
 //! ([`Worker::poll_once`]):
 //!
 //! ```text
-//!   commands (add/remove port, null peers) ── at most MAX_COMMANDS_PER_ITER
+//!   commands (add/remove port, null peers,   ── at most MAX_COMMANDS_PER_ITER
+//!             owners of other interfaces)
+//!   hand-offs from other workers (≤ batch per lane) ─► copy into own frame ─► send
 //!   tables = reader.load()                   ── once per iteration
 //!   for each port, round robin:
 //!       now = monotonic_ns()                 ── once per rx batch
 //!       recv_batch(≤ batch) ─► Frame ─► pipeline.process ─► verdict
 //!       Forward / Reply  ─► send on the egress port (Pod{ifindex} by a
-//!                            small map, Uplink ─► the uplink port)
+//!                            small map, Uplink ─► the uplink port),
+//!                            or hand a copy to the worker owning it
 //!       ToHost / Drop    ─► release (see below)
 //!   flush every port that got frames; reap completions on every port
 //!   publish a stats snapshot every `stats_interval`
@@ -25,6 +28,33 @@
 //! egress map is only rebuilt by a command, and stats are published as a
 //! snapshot (one `ArcSwap` store, one small allocation) every
 //! `stats_interval`, never per packet.
+//!
+//! # Several workers
+//!
+//! Each worker owns its store and the ports opened on it; workers share
+//! only the tables (read), conntrack and affinity (lock-free), the
+//! neighbour request set (lock-free, any number of producers) and, with
+//! more than one worker, a [`HandoffMesh`] ([`WorkerConfig::handoff`]).
+//! Which worker serves which `(interface, queue)` is the control side's
+//! choice ([`Placement`]); it tells every worker, with
+//! [`WorkerHandle::set_owner`], which worker receives frames for an
+//! interface the worker has no port on. A frame's egress is then:
+//!
+//! 1. a port of this worker on that interface (for a multi-queue uplink,
+//!    this worker's own queue): sent there, no copy;
+//! 2. else the interface's owner: the bytes are copied into a slot of the
+//!    lane to it and this worker's frame is released at once (counted
+//!    `handoff_sent`; `handoff_full` when the lane has no free slot: the
+//!    frame is dropped, never waited for);
+//! 3. else dropped as `no_egress_port`.
+//!
+//! The owner copies the slot into a frame of its own store and sends it on
+//! its port (`handoff_received`); a handed-over frame is never handed on
+//! again (`handoff_no_port` when the owner no longer has the port,
+//! `handoff_no_frame` when its store is empty). Parked frames and null
+//! forwarding go through the same three steps. Nothing here allocates,
+//! locks or makes a system call per packet: lanes are preallocated
+//! lock-free queues.
 //!
 //! # `ToHost`
 //!
@@ -71,7 +101,9 @@
 //! It measures the I/O floor (`kxdp run --null-pipeline`).
 
 pub mod afxdp;
+pub mod handoff;
 pub mod neighbour;
+pub mod placement;
 pub mod stats;
 
 use std::fmt;
@@ -89,7 +121,9 @@ use crate::pipeline::{Egress, Ingress, NoTrace, Pipeline, Verdict, WorkerStats};
 use crate::tables::TableReader;
 use crate::DropReason;
 
+pub use handoff::{HandoffMesh, SendError};
 pub use neighbour::{NeighbourRequests, ParkedFrames, Request, Settled};
+pub use placement::Placement;
 pub use stats::{PortSnapshot, SharedStats, WorkerCounters, WorkerSnapshot};
 
 /// Largest rx batch a port is asked for.
@@ -228,6 +262,9 @@ pub struct WorkerConfig {
     pub neighbour_requests: Option<Arc<NeighbourRequests>>,
     /// Frames held for unresolved next hops.
     pub park: ParkConfig,
+    /// Lanes to and from the other workers (None: a single worker; frames
+    /// for interfaces it does not serve are dropped as `no_egress_port`).
+    pub handoff: Option<Arc<HandoffMesh>>,
 }
 
 impl WorkerConfig {
@@ -242,6 +279,7 @@ impl WorkerConfig {
             forwarding: Forwarding::Pipeline,
             neighbour_requests: None,
             park: ParkConfig::default(),
+            handoff: None,
         }
     }
 }
@@ -261,6 +299,14 @@ pub enum Command<Spec, Opened> {
     },
     /// Null forwarding: frames from `from` go out on `to` (None: removed).
     SetNullPeer { from: u32, to: Option<u32> },
+    /// Frames for `ifindex` go to worker `owner` when this worker serves
+    /// none of its queues (None: that interface is gone). `uplink` marks
+    /// the uplink, the egress of `Egress::Uplink`.
+    SetOwner {
+        ifindex: u32,
+        uplink: bool,
+        owner: Option<usize>,
+    },
 }
 
 impl<Spec: fmt::Debug, Opened> fmt::Debug for Command<Spec, Opened> {
@@ -275,6 +321,16 @@ impl<Spec: fmt::Debug, Opened> fmt::Debug for Command<Spec, Opened> {
                 .debug_struct("SetNullPeer")
                 .field("from", from)
                 .field("to", to)
+                .finish(),
+            Command::SetOwner {
+                ifindex,
+                uplink,
+                owner,
+            } => f
+                .debug_struct("SetOwner")
+                .field("ifindex", ifindex)
+                .field("uplink", uplink)
+                .field("owner", owner)
                 .finish(),
         }
     }
@@ -293,6 +349,9 @@ pub struct Worker<F: PortFactory> {
     by_ifindex: FxHashMap<u32, usize>,
     /// Index of the first port with `Ingress::Uplink`.
     uplink: Option<usize>,
+    /// Where frames go that leave through an interface this worker has
+    /// no port on: ifindex -> owning worker, and the uplink's owner.
+    remote: Remotes,
     null_peers: FxHashMap<u32, u32>,
     pipeline: Pipeline,
     tables: TableReader,
@@ -341,6 +400,7 @@ impl<F: PortFactory> Worker<F> {
             ports: Vec::new(),
             by_ifindex: FxHashMap::default(),
             uplink: None,
+            remote: Remotes::default(),
             null_peers: FxHashMap::default(),
             pipeline: Pipeline::new(conntrack, affinity),
             tables,
@@ -449,6 +509,28 @@ impl<F: PortFactory> Worker<F> {
         }
     }
 
+    /// Frames for `ifindex` (the uplink when `uplink`) that this worker
+    /// cannot send itself go to worker `owner` (None: nowhere).
+    pub fn set_owner(&mut self, ifindex: u32, uplink: bool, owner: Option<usize>) {
+        if uplink {
+            match owner {
+                Some(o) => self.remote.uplink = Some((ifindex, o)),
+                None if self.remote.uplink.is_some_and(|(i, _)| i == ifindex) => {
+                    self.remote.uplink = None;
+                }
+                None => {}
+            }
+        }
+        match owner {
+            Some(o) => {
+                self.remote.pods.insert(ifindex, o);
+            }
+            None => {
+                self.remote.pods.remove(&ifindex);
+            }
+        }
+    }
+
     fn reindex(&mut self) {
         self.by_ifindex.clear();
         self.uplink = None;
@@ -478,6 +560,11 @@ impl<F: PortFactory> Worker<F> {
                 let _ = reply.send(self.remove_port(ifindex));
             }
             Command::SetNullPeer { from, to } => self.set_null_peer(from, to),
+            Command::SetOwner {
+                ifindex,
+                uplink,
+                owner,
+            } => self.set_owner(ifindex, uplink, owner),
         }
     }
 
@@ -500,7 +587,9 @@ impl<F: PortFactory> Worker<F> {
     pub fn poll_once(&mut self) -> usize {
         self.drain_commands();
         let n_ports = self.ports.len();
-        let mut received = 0;
+        // Frames other workers handed over first: their slots free up
+        // before this worker's own batches may hand more over.
+        let mut received = self.drain_handoff();
         if n_ports > 0 {
             let tables = self.tables.load();
             if !self.parked.is_empty() {
@@ -587,6 +676,7 @@ impl<F: PortFactory> Worker<F> {
             self.verdicts.push(verdict);
         }
         let Worker {
+            cfg,
             ports,
             store,
             bufs,
@@ -595,49 +685,85 @@ impl<F: PortFactory> Worker<F> {
             parked,
             by_ifindex,
             uplink,
+            remote,
             dirty,
             counters,
             ..
         } = self;
+        let mut tx = Tx {
+            id: cfg.id,
+            handoff: cfg.handoff.as_deref(),
+            ports: ports.as_mut_slice(),
+            store,
+            by_ifindex,
+            uplink: *uplink,
+            remote,
+            dirty: dirty.as_mut_slice(),
+            counters,
+        };
         let mut unresolved = unresolved.iter().peekable();
         for (idx, (buf, verdict)) in bufs.drain(..).zip(verdicts.iter()).enumerate() {
             let hop = unresolved.next_if(|(i, _)| *i == idx).map(|&(_, hop)| hop);
             if let (Some(hop), Verdict::Drop(DropReason::NeighbourUnresolved)) = (hop, verdict) {
                 match parked.park(hop, buf, now) {
-                    Ok(()) => counters.neighbour_parked += 1,
+                    Ok(()) => tx.counters.neighbour_parked += 1,
                     Err(buf) => {
-                        counters.neighbour_park_full += 1;
-                        store.release(buf);
+                        tx.counters.neighbour_park_full += 1;
+                        tx.store.release(buf);
                     }
                 }
                 continue;
             }
-            let target = match *verdict {
-                Verdict::Forward(e) | Verdict::Reply(e, _) => match e {
-                    Egress::Pod { ifindex } => by_ifindex.get(&ifindex).copied(),
-                    Egress::Uplink { .. } => *uplink,
-                },
+            match *verdict {
+                Verdict::Forward(e) | Verdict::Reply(e, _) => tx.send(e, buf),
                 Verdict::ToHost => {
-                    counters.to_host_released += 1;
-                    None
+                    tx.counters.to_host_released += 1;
+                    tx.store.release(buf);
                 }
-                Verdict::Drop(_) => None,
-            };
-            let is_send = matches!(verdict, Verdict::Forward(_) | Verdict::Reply(..));
-            match target.and_then(|t| ports.get_mut(t).map(|p| (t, p))) {
-                Some((t, port)) if is_send => {
-                    if port.send(store, buf) {
-                        if let Some(d) = dirty.get_mut(t) {
-                            *d = true;
-                        }
-                    }
-                }
-                _ => {
-                    if is_send {
-                        counters.no_egress_port += 1;
-                    }
-                    store.release(buf);
-                }
+                Verdict::Drop(_) => tx.store.release(buf),
+            }
+        }
+        n
+    }
+
+    /// Transmits the frames other workers handed over (at most a batch per
+    /// lane): each is copied into a frame of this worker's store and sent
+    /// on this worker's port for its egress. Returns how many arrived.
+    fn drain_handoff(&mut self) -> usize {
+        let Worker {
+            cfg,
+            ports,
+            store,
+            by_ifindex,
+            uplink,
+            remote,
+            dirty,
+            counters,
+            ..
+        } = self;
+        let Some(mesh) = cfg.handoff.as_deref() else {
+            return 0;
+        };
+        let me = cfg.id;
+        let mut tx = Tx {
+            id: me,
+            handoff: None,
+            ports: ports.as_mut_slice(),
+            store,
+            by_ifindex,
+            uplink: *uplink,
+            remote,
+            dirty: dirty.as_mut_slice(),
+            counters,
+        };
+        let mut n = 0;
+        for from in (0..mesh.workers()).filter(|&w| w != me) {
+            for _ in 0..cfg.batch {
+                let Some(h) = mesh.recv(from, me) else { break };
+                n += 1;
+                tx.counters.handoff_received += 1;
+                tx.deliver(&h);
+                mesh.recycle(from, me, h);
             }
         }
         n
@@ -649,14 +775,28 @@ impl<F: PortFactory> Worker<F> {
     fn settle_parked(&mut self, tables: &crate::tables::TableSet) {
         let now = monotonic_ns();
         let Worker {
+            cfg,
             ports,
             store,
             parked,
+            by_ifindex,
             uplink,
+            remote,
             dirty,
             counters,
             ..
         } = self;
+        let mut tx = Tx {
+            id: cfg.id,
+            handoff: cfg.handoff.as_deref(),
+            ports: ports.as_mut_slice(),
+            store,
+            by_ifindex,
+            uplink: *uplink,
+            remote,
+            dirty: dirty.as_mut_slice(),
+            counters,
+        };
         let lookup = |ip| {
             tables.neighbours.lookup(ip).or_else(|| {
                 tables
@@ -667,7 +807,8 @@ impl<F: PortFactory> Worker<F> {
         };
         parked.settle(now, lookup, |settled| match settled {
             Settled::Send(mut buf, mac) => {
-                let patched = store
+                let patched = tx
+                    .store
                     .frame(&mut buf)
                     .ok()
                     .and_then(|mut f| {
@@ -676,25 +817,25 @@ impl<F: PortFactory> Worker<F> {
                             .map(|dst| dst.copy_from_slice(&mac.0))
                     })
                     .is_some();
-                let port = uplink.and_then(|u| ports.get_mut(u).map(|p| (u, p)));
-                match port {
-                    Some((u, port)) if patched => {
-                        counters.neighbour_parked_sent += 1;
-                        if port.send(store, buf) {
-                            if let Some(d) = dirty.get_mut(u) {
-                                *d = true;
-                            }
-                        }
-                    }
-                    _ => {
-                        counters.no_egress_port += 1;
-                        store.release(buf);
-                    }
+                if patched {
+                    tx.counters.neighbour_parked_sent += 1;
+                    // The pipeline's verdict was the uplink (a next hop on
+                    // the underlay); whether encapsulated does not matter
+                    // past the pipeline.
+                    tx.send(
+                        Egress::Uplink {
+                            encapsulated: false,
+                        },
+                        buf,
+                    );
+                } else {
+                    tx.counters.frame_errors += 1;
+                    tx.store.release(buf);
                 }
             }
             Settled::Expired(buf) => {
-                counters.neighbour_parked_expired += 1;
-                store.release(buf);
+                tx.counters.neighbour_parked_expired += 1;
+                tx.store.release(buf);
             }
         });
     }
@@ -755,6 +896,126 @@ impl<F: PortFactory> Worker<F> {
             self.factory.close(&mut self.store, port);
         }
         self.reindex();
+    }
+}
+
+/// Interfaces served by other workers (see [`Command::SetOwner`]).
+#[derive(Debug, Default)]
+struct Remotes {
+    /// ifindex -> worker.
+    pods: FxHashMap<u32, usize>,
+    /// (uplink ifindex, worker).
+    uplink: Option<(u32, usize)>,
+}
+
+/// The transmit side of one worker, borrowed for one dispatch loop.
+struct Tx<'a, P: Port> {
+    id: usize,
+    /// None when frames must not be handed on (they came from a lane).
+    handoff: Option<&'a HandoffMesh>,
+    ports: &'a mut [P],
+    store: &'a mut P::Store,
+    by_ifindex: &'a FxHashMap<u32, usize>,
+    uplink: Option<usize>,
+    remote: &'a Remotes,
+    dirty: &'a mut [bool],
+    counters: &'a mut WorkerCounters,
+}
+
+impl<P: Port> Tx<'_, P> {
+    /// This worker's port for `egress`.
+    fn local(&self, egress: Egress) -> Option<usize> {
+        match egress {
+            Egress::Pod { ifindex } => self.by_ifindex.get(&ifindex).copied(),
+            Egress::Uplink { .. } => self.uplink,
+        }
+    }
+
+    /// The worker serving `egress` when this one does not.
+    fn owner(&self, egress: Egress) -> Option<usize> {
+        let owner = match egress {
+            Egress::Pod { ifindex } => self.remote.pods.get(&ifindex).copied(),
+            Egress::Uplink { .. } => self.remote.uplink.map(|(_, w)| w),
+        };
+        owner.filter(|&w| w != self.id)
+    }
+
+    fn send_on(&mut self, port: usize, buf: <P::Store as FrameStore>::Buf) {
+        match self.ports.get_mut(port) {
+            Some(p) => {
+                if p.send(self.store, buf) {
+                    if let Some(d) = self.dirty.get_mut(port) {
+                        *d = true;
+                    }
+                }
+            }
+            None => {
+                self.counters.no_egress_port += 1;
+                self.store.release(buf);
+            }
+        }
+    }
+
+    /// Sends `buf` on this worker's port for `egress`, else hands a copy
+    /// to the worker that serves it, else drops it (`no_egress_port`).
+    fn send(&mut self, egress: Egress, mut buf: <P::Store as FrameStore>::Buf) {
+        if let Some(port) = self.local(egress) {
+            return self.send_on(port, buf);
+        }
+        let (Some(mesh), Some(to)) = (self.handoff, self.owner(egress)) else {
+            self.counters.no_egress_port += 1;
+            self.store.release(buf);
+            return;
+        };
+        let sent = match self.store.frame(&mut buf) {
+            Ok(f) => mesh.send(self.id, to, egress, f.data()),
+            Err(_) => Err(SendError::TooLong),
+        };
+        match sent {
+            Ok(()) => self.counters.handoff_sent += 1,
+            Err(SendError::Full) => self.counters.handoff_full += 1,
+            Err(SendError::TooLong) => self.counters.frame_errors += 1,
+            Err(SendError::NoLane) => self.counters.no_egress_port += 1,
+        }
+        self.store.release(buf);
+    }
+
+    /// Receiving side of a hand-off: copies `h` into a frame of this
+    /// worker's store and sends it on this worker's port for its egress.
+    /// Never hands it on again (no ping-pong while ownership changes).
+    fn deliver(&mut self, h: &handoff::Handoff) {
+        let Some(port) = self.local(h.egress) else {
+            self.counters.handoff_no_port += 1;
+            return;
+        };
+        let Some(mut buf) = self.store.alloc() else {
+            self.counters.handoff_no_frame += 1;
+            return;
+        };
+        let pkt = h.packet();
+        let copied = match self.store.frame(&mut buf) {
+            Ok(f) => {
+                let off = f.offset;
+                match off
+                    .checked_add(pkt.len())
+                    .and_then(|end| f.buf.get_mut(off..end))
+                {
+                    Some(dst) => {
+                        dst.copy_from_slice(pkt);
+                        Some(off)
+                    }
+                    None => None,
+                }
+            }
+            Err(_) => None,
+        };
+        match copied.map(|off| buf.set_bounds(off, pkt.len())) {
+            Some(Ok(())) => self.send_on(port, buf),
+            _ => {
+                self.counters.frame_errors += 1;
+                self.store.release(buf);
+            }
+        }
     }
 }
 
@@ -908,6 +1169,24 @@ impl<F: PortFactory> WorkerHandle<F> {
     pub fn set_null_peer(&self, from: u32, to: Option<u32>) -> Result<(), WorkerError> {
         self.commands
             .send(Command::SetNullPeer { from, to })
+            .map_err(|_| WorkerError::Gone { worker: self.id })
+    }
+
+    /// Frames for `ifindex` (the uplink when `uplink`) that this worker
+    /// serves no queue of go to worker `owner` (None: the interface is
+    /// gone). Applied in order with the other commands.
+    pub fn set_owner(
+        &self,
+        ifindex: u32,
+        uplink: bool,
+        owner: Option<usize>,
+    ) -> Result<(), WorkerError> {
+        self.commands
+            .send(Command::SetOwner {
+                ifindex,
+                uplink,
+                owner,
+            })
             .map_err(|_| WorkerError::Gone { worker: self.id })
     }
 

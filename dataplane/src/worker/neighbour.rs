@@ -16,6 +16,12 @@
 //!   is not queued twice ([`Request::Duplicate`]); when its probe window is
 //!   full the request is dropped and counted ([`Request::Full`]) — the next
 //!   packet to that next hop asks again.
+//! - Any number of workers may request at once (one `compare_exchange` per
+//!   slot claims it; two workers racing for one address see one
+//!   [`Request::Queued`] and one [`Request::Duplicate`]). A request racing
+//!   with a drain may queue an address the drain is about to return again
+//!   in another slot: it is then drained twice, which the consumer's
+//!   per-destination rate limit absorbs.
 //! - [`NeighbourRequests::drain`] (one consumer, the control loop) empties
 //!   the set. Nothing queued is lost: an address is drained exactly once per
 //!   time it was queued ([`Request::Queued`]).

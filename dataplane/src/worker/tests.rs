@@ -664,3 +664,223 @@ fn shutdown_returns_parked_frames_to_the_store() {
     w.shutdown();
     assert_eq!(w.store().free_frames(), FRAMES);
 }
+
+/// Two workers on one set of tables, joined by a hand-off mesh of
+/// `slots` per lane:
+///
+/// ```text
+///   worker 0: uplink (ifindex 2), a2's veth      worker 1: a1's veth
+///              \________________ lanes 0 <-> 1 ________________/
+/// ```
+///
+/// Each worker is told who serves what it does not (as `kxdp run` does).
+fn two_workers(
+    forwarding: Forwarding,
+    slots: usize,
+    t: TableSet,
+) -> (Worker<MemFactory>, Worker<MemFactory>, TablePublisher) {
+    let (publisher, reader) = publication(t);
+    let ct = Arc::new(Conntrack::new(CtConfig {
+        capacity: 1024,
+        ..CtConfig::default()
+    }));
+    let aff = Arc::new(AffinityTable::new(64, None));
+    let mesh = Arc::new(HandoffMesh::new(2, slots));
+    let mk = |id| {
+        let cfg = WorkerConfig {
+            forwarding,
+            handoff: Some(mesh.clone()),
+            ..WorkerConfig::new(id)
+        };
+        let factory = MemFactory {
+            closed: None,
+            preload: Vec::new(),
+        };
+        Worker::new(
+            cfg,
+            MemStore::new(FRAMES),
+            factory,
+            reader.clone(),
+            ct.clone(),
+            aff.clone(),
+        )
+    };
+    let (mut w0, mut w1) = (mk(0), mk(1));
+    w0.add_port(&(Ingress::Uplink, UPLINK_IF)).unwrap();
+    w0.add_port(&(Ingress::Pod { ifindex: A2_IF }, A2_IF))
+        .unwrap();
+    w1.add_port(&(Ingress::Pod { ifindex: A1_IF }, A1_IF))
+        .unwrap();
+    for w in [&mut w0, &mut w1] {
+        w.set_owner(UPLINK_IF, true, Some(0));
+        w.set_owner(A2_IF, false, Some(0));
+        w.set_owner(A1_IF, false, Some(1));
+    }
+    (w0, w1, publisher)
+}
+
+#[test]
+fn a_frame_for_another_workers_veth_is_handed_over_byte_for_byte() {
+    let (mut w0, mut w1, _p) = two_workers(Forwarding::Pipeline, 8, tables());
+    // a1 (worker 1) -> a2 (worker 0).
+    let pkt = udp(A1_POD, A1_HOST, A1, A2, b"across workers");
+    w1.port_mut(A1_IF).unwrap().inject(&pkt);
+    assert_eq!(w1.poll_once(), 1);
+    assert_eq!(w1.counters().handoff_sent, 1);
+    assert_eq!(w1.pipeline_stats().forwarded_pod, 1);
+    // Worker 1's frame went back to its own store right away.
+    assert_eq!(w1.store().free_frames(), FRAMES);
+    assert!(sent(&mut w0, A2_IF).is_empty(), "not before worker 0 runs");
+
+    assert_eq!(w0.poll_once(), 1, "the hand-off counts as received");
+    assert_eq!(w0.counters().handoff_received, 1);
+    let out = sent(&mut w0, A2_IF);
+    // The same bytes a single worker with both veths sends.
+    let mut single = worker(Forwarding::Pipeline);
+    single.port_mut(A1_IF).unwrap().inject(&pkt);
+    single.poll_once();
+    assert_eq!(out, sent(&mut single, A2_IF));
+    assert_eq!(w0.store().free_frames(), FRAMES);
+
+    // And back: a2 (worker 0) -> a1 (worker 1).
+    let back = udp(A2_POD, A2_HOST, A2, A1, b"and back");
+    w0.port_mut(A2_IF).unwrap().inject(&back);
+    w0.poll_once();
+    w1.poll_once();
+    assert_eq!(w0.counters().handoff_sent, 1);
+    assert_eq!(w1.counters().handoff_received, 1);
+    let out = sent(&mut w1, A1_IF);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0][..6], &A1_POD);
+    assert_eq!(
+        w0.counters().no_egress_port + w1.counters().no_egress_port,
+        0
+    );
+}
+
+#[test]
+fn a_worker_without_an_uplink_port_hands_vxlan_frames_to_the_uplinks_worker() {
+    let (mut w0, mut w1, _p) = two_workers(Forwarding::Pipeline, 8, tables());
+    let pkt = udp(A1_POD, A1_HOST, A1, B1, b"to b1");
+    w1.port_mut(A1_IF).unwrap().inject(&pkt);
+    w1.poll_once();
+    assert_eq!(w1.pipeline_stats().forwarded_vxlan, 1);
+    assert_eq!(w1.counters().handoff_sent, 1);
+    w0.poll_once();
+    let out = sent(&mut w0, UPLINK_IF);
+    let mut single = worker(Forwarding::Pipeline);
+    single.port_mut(A1_IF).unwrap().inject(&pkt);
+    single.poll_once();
+    assert_eq!(out, sent(&mut single, UPLINK_IF));
+    assert_eq!(out[0].len(), pkt.len() + 50);
+}
+
+#[test]
+fn a_full_lane_drops_with_a_count_and_the_rest_arrives() {
+    // 2 slots per lane, 5 frames in one batch: 2 cross, 3 are counted.
+    let (mut w0, mut w1, _p) = two_workers(Forwarding::Pipeline, 2, tables());
+    for i in 0..5u8 {
+        let pkt = udp(A1_POD, A1_HOST, A1, A2, &[i; 8]);
+        w1.port_mut(A1_IF).unwrap().inject(&pkt);
+    }
+    assert_eq!(w1.poll_once(), 5);
+    assert_eq!(w1.counters().handoff_sent, 2);
+    assert_eq!(w1.counters().handoff_full, 3);
+    assert_eq!(w1.store().free_frames(), FRAMES, "dropped frames released");
+    w0.poll_once();
+    let out = sent(&mut w0, A2_IF);
+    assert_eq!(out.len(), 2);
+    // The first two, in order (the UDP payload ends the frame).
+    assert_eq!(out[0].last(), Some(&0));
+    assert_eq!(out[1].last(), Some(&1));
+    // Room again after the receiver caught up.
+    let pkt = udp(A1_POD, A1_HOST, A1, A2, &[9; 8]);
+    w1.port_mut(A1_IF).unwrap().inject(&pkt);
+    w1.poll_once();
+    assert_eq!(w1.counters().handoff_sent, 3);
+}
+
+#[test]
+fn a_vanished_egress_and_an_empty_store_drop_handed_over_frames_with_a_count() {
+    let (mut w0, mut w1, _p) = two_workers(Forwarding::Pipeline, 8, tables());
+    let pkt = udp(A1_POD, A1_HOST, A1, A2, b"x");
+    w1.port_mut(A1_IF).unwrap().inject(&pkt);
+    w1.poll_once();
+    // a2's veth goes away on worker 0 while the frame is in the lane.
+    w0.remove_port(A2_IF).unwrap();
+    w0.poll_once();
+    assert_eq!(w0.counters().handoff_received, 1);
+    assert_eq!(w0.counters().handoff_no_port, 1);
+    assert_eq!(w0.store().free_frames(), FRAMES);
+    // Once told, worker 1 no longer hands frames for it over.
+    w1.set_owner(A2_IF, false, None);
+    w1.port_mut(A1_IF).unwrap().inject(&pkt);
+    w1.poll_once();
+    assert_eq!(w1.counters().handoff_sent, 1);
+    assert_eq!(w1.counters().no_egress_port, 1);
+
+    // Worker 0's store exhausted: the copy has nowhere to go.
+    let (mut w0, mut w1, _p) = two_workers(Forwarding::Pipeline, 8, tables());
+    let held: Vec<_> = std::iter::from_fn(|| w0.store.alloc()).collect();
+    assert_eq!(held.len(), FRAMES);
+    w1.port_mut(A1_IF).unwrap().inject(&pkt);
+    w1.poll_once();
+    w0.poll_once();
+    assert_eq!(w0.counters().handoff_no_frame, 1);
+    assert!(sent(&mut w0, A2_IF).is_empty());
+}
+
+#[test]
+fn null_forwarding_hands_over_to_the_peers_worker() {
+    let (mut w0, mut w1, _p) = two_workers(Forwarding::Null, 8, tables());
+    w1.set_null_peer(A1_IF, Some(A2_IF));
+    let pkt = b"\x02\x00\x00\x00\x00\x01raw bytes, not parsed".to_vec();
+    w1.port_mut(A1_IF).unwrap().inject(&pkt);
+    w1.poll_once();
+    assert_eq!(w1.counters().null_forwarded, 1);
+    assert_eq!(w1.counters().handoff_sent, 1);
+    w0.poll_once();
+    assert_eq!(sent(&mut w0, A2_IF), vec![pkt]);
+}
+
+#[test]
+fn parked_frames_of_a_worker_without_the_uplink_leave_through_its_owner() {
+    let requests = Arc::new(NeighbourRequests::new());
+    let mut t = tables();
+    t.neighbours = NeighbourTable::default();
+    let (mut w0, mut w1, publisher) = two_workers(Forwarding::Pipeline, 8, t);
+    w1.cfg.neighbour_requests = Some(requests.clone());
+    let pkt = udp(A1_POD, A1_HOST, A1, B1, b"parked");
+    w1.port_mut(A1_IF).unwrap().inject(&pkt);
+    w1.poll_once();
+    assert_eq!(w1.counters().neighbour_parked, 1);
+    let mut asked = Vec::new();
+    requests.drain(&mut asked);
+    assert_eq!(asked, vec![NODE_B]);
+    let mut t = tables();
+    t.generation = 2;
+    publisher.publish(t);
+    w1.poll_once();
+    assert_eq!(w1.counters().neighbour_parked_sent, 1);
+    assert_eq!(w1.counters().handoff_sent, 1);
+    w0.poll_once();
+    let out = sent(&mut w0, UPLINK_IF);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0][..6], &NODE_B_MAC);
+    assert_eq!(w1.store().free_frames(), FRAMES);
+}
+
+#[test]
+fn a_worker_with_its_own_uplink_queue_sends_there_not_through_a_lane() {
+    // Multi-queue uplink: queue 0 on worker 0, queue 1 on worker 1. Worker
+    // 1 sends VXLAN on its own queue's port.
+    let (mut w0, mut w1, _p) = two_workers(Forwarding::Pipeline, 8, tables());
+    w1.add_port(&(Ingress::Uplink, UPLINK_IF)).unwrap();
+    let pkt = udp(A1_POD, A1_HOST, A1, B1, b"own queue");
+    w1.port_mut(A1_IF).unwrap().inject(&pkt);
+    w1.poll_once();
+    assert_eq!(w1.counters().handoff_sent, 0);
+    assert_eq!(sent(&mut w1, UPLINK_IF).len(), 1);
+    w0.poll_once();
+    assert!(sent(&mut w0, UPLINK_IF).is_empty());
+}
