@@ -561,7 +561,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| 1 | 0.800 | 1.600 | 0.80x | 0.75x | 0.38x | 0.56x | 0.28x |"),
+            md.contains("| 1 | 0.800 | 1.600 | 0.80x | 0.75x | 0.37x | 0.56x | 0.28x |"),
             "{md}"
         );
         // Without the ceiling mode there is no ceiling table.
