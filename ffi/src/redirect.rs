@@ -143,6 +143,17 @@ pub struct RedirectProgram {
     fwd_macs: MapHandle,
     stats: MapHandle,
     attached: Vec<Attachment>,
+    /// `(st_dev, st_ino)` of the namespace the forwarding entries' ifindexes
+    /// belong to, once there is one.
+    fwd_netns: Option<(u64, u64)>,
+}
+
+/// Identity of the calling thread's network namespace.
+fn current_netns_id() -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/thread-self/ns/net")
+        .map_err(io_err("stat this thread's network namespace"))?;
+    Ok((m.dev(), m.ino()))
 }
 
 fn xdp_flags(mode: AttachMode) -> XdpFlags {
@@ -184,12 +195,18 @@ impl RedirectProgram {
             fwd_macs: map("fwd_macs")?,
             stats: map("redirect_stats")?,
             attached: Vec::new(),
+            fwd_netns: None,
         })
     }
 
     /// Forwards every frame arriving on `ingress` to `egress` with `macs`
     /// (both interfaces in the calling thread's namespace): fills the
     /// maps, then attaches `redirect_fwd` to `ingress`.
+    ///
+    /// The maps are keyed by ingress ifindex, which is only unique within
+    /// a namespace: every `forward` of one `RedirectProgram` must be made
+    /// from the same namespace, and each ingress only once (both refused
+    /// otherwise, leaving the existing forwarding as it was).
     pub fn forward(
         &mut self,
         ingress: &Interface,
@@ -199,6 +216,25 @@ impl RedirectProgram {
     ) -> Result<()> {
         check_iface(ingress)?;
         check_iface(egress)?;
+        let here = current_netns_id()?;
+        match self.fwd_netns {
+            Some(ns) if ns != here => {
+                return Err(XdpError::Refused {
+                    name: ingress.name.clone(),
+                    why: "this program already forwards in another network namespace",
+                })
+            }
+            _ => {}
+        }
+        if self
+            .attached
+            .iter()
+            .any(|a| a.which == Which::Fwd && a.iface.ifindex == ingress.ifindex)
+        {
+            return Err(XdpError::AlreadyAttached {
+                ifindex: ingress.ifindex,
+            });
+        }
         let key = ingress.ifindex.to_ne_bytes();
         self.fwd_macs
             .update(&key, &macs.to_bytes(), MapFlags::ANY)
@@ -210,9 +246,12 @@ impl RedirectProgram {
                 egress.name, ingress.name
             )))?;
         let res = self.attach(ingress, Which::Fwd, mode);
-        if res.is_err() {
-            let _ = self.fwd_ports.delete(&key);
-            let _ = self.fwd_macs.delete(&key);
+        match res {
+            Ok(()) => self.fwd_netns = Some(here),
+            Err(_) => {
+                let _ = self.fwd_ports.delete(&key);
+                let _ = self.fwd_macs.delete(&key);
+            }
         }
         res
     }
@@ -272,8 +311,9 @@ impl RedirectProgram {
         self.attached.iter().map(|a| a.iface.name.as_str())
     }
 
-    /// Detaches every program this loader attached (also done on `Drop`);
-    /// the first error is returned, the other detaches still run.
+    /// Detaches every program this loader attached (also done on `Drop`)
+    /// and clears the forwarding entries; the first error is returned, the
+    /// other detaches still run.
     pub fn detach_all(&mut self) -> Result<()> {
         let mut first = Ok(());
         for a in std::mem::take(&mut self.attached) {
@@ -284,6 +324,11 @@ impl RedirectProgram {
             let ours = libbpf_rs::Program::id_from_fd(prog.as_fd())
                 .map_err(bpf_err("id of the redirect program"));
             let res = ours.and_then(|id| detach_in_netns(&a, prog.as_fd(), id));
+            if a.which == Which::Fwd {
+                let key = a.iface.ifindex.to_ne_bytes();
+                let _ = self.fwd_ports.delete(&key);
+                let _ = self.fwd_macs.delete(&key);
+            }
             if first.is_ok() {
                 first = res;
             }

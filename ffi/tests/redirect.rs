@@ -219,6 +219,28 @@ fn redirect_rewrites_macs_reaches_the_peer_and_detaches_on_drop() {
     });
     assert!(b.d.has_xdp("d0") && b.r.has_xdp("r0"));
     assert_eq!(prog.attached().collect::<Vec<_>>(), vec!["d0", "r0"]);
+    // A second forward of d0 is refused and leaves the first in place;
+    // so is one from another namespace (ifindexes key the maps).
+    let mut prog = b.d.run_in(move || {
+        let d0 = Interface::lookup("d0").expect("d0");
+        let d1 = Interface::lookup("d1").expect("d1");
+        let macs = FwdMacs {
+            src: [2, 0, 0, 0, 0, 1],
+            dst: [2, 0, 0, 0, 0, 2],
+        };
+        assert!(prog.forward(&d0, &d1, macs, AttachMode::Native).is_err());
+        prog
+    });
+    prog = b.s.run_in(move || {
+        let s0 = Interface::lookup("s0").expect("s0");
+        let macs = FwdMacs {
+            src: [2, 0, 0, 0, 0, 1],
+            dst: [2, 0, 0, 0, 0, 2],
+        };
+        assert!(prog.forward(&s0, &s0, macs, AttachMode::Native).is_err());
+        prog
+    });
+    assert!(!b.s.has_xdp("s0"));
 
     assert_eq!(b.send_and_count(200), 200);
     let st = prog.stats().expect("stats");
