@@ -147,8 +147,8 @@ impl std::str::FromStr for Mode {
 pub enum GeneratorKind {
     /// The project's AF_XDP generator (copy mode), UDP sockets if it fails.
     Afxdp,
-    /// Kernel UDP sockets only (not available for `kxdp-null`, which needs
-    /// crafted VXLAN frames).
+    /// Kernel UDP sockets only (not available for `kxdp-null` and
+    /// `xdp-redirect`, which need crafted VXLAN frames).
     Udp,
 }
 
@@ -189,8 +189,8 @@ pub struct BenchConfig {
     pub threaded_napi: bool,
     /// Every packet a new 5-tuple (source port rewritten per packet; see
     /// `gen::FlowPattern::AllNew`) instead of `flows` fixed flows: the
-    /// conntrack-creation path. `kxdp-null` (no per-flow state) and the
-    /// UDP fallback generator send the fixed flows.
+    /// conntrack-creation path. `kxdp-null` and `xdp-redirect` (no
+    /// per-flow state) and the UDP fallback generator send the fixed flows.
     pub all_new: bool,
     /// After each case's throughput runs, a latency run of `duration`
     /// seconds at this many packets/s (0: none). Pick about half of the
