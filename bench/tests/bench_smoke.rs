@@ -33,8 +33,10 @@ fn smoke_every_mode_delivers_packets() {
     assert!(run.status.success(), "kxdp-bench --smoke failed:\n{stderr}");
     let v: serde_json::Value = serde_json::from_str(&json).expect("JSON result");
     let cases = v["cases"].as_array().expect("cases");
-    // 6 modes: 3 without Services x 2 flow counts + 3 with 1 Services count x 2.
-    assert_eq!(cases.len(), 12, "{json}");
+    // 7 modes: 4 without Services x 2 flow counts + 3 with 1 Services count x 2.
+    assert_eq!(cases.len(), 14, "{json}");
+    let modes: Vec<&str> = cases.iter().filter_map(|c| c["mode"].as_str()).collect();
+    assert!(modes.contains(&"xdp-redirect"), "{modes:?}");
     for c in cases {
         let runs = c["runs"].as_array().expect("runs");
         assert!(!runs.is_empty(), "{c}");
@@ -44,6 +46,26 @@ fn smoke_every_mode_delivers_packets() {
                 "nothing delivered: {c}"
             );
         }
+    }
+    // node-a's kernel does not forward in xdp-redirect (ip_forward=0):
+    // the program itself must have redirected what was delivered.
+    for c in cases.iter().filter(|c| c["mode"] == "xdp-redirect") {
+        let counters = c["dut_drops"].as_str().unwrap_or("");
+        let redirected: u64 = counters
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("fwd_redirect="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let delivered: u64 = c["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["delivered"].as_u64())
+            .sum();
+        assert!(
+            redirected >= delivered && delivered > 0,
+            "redirected {redirected}, delivered {delivered}: {counters}"
+        );
     }
     assert!(stderr.contains("SMOKE OK"), "{stderr}");
 }

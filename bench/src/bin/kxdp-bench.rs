@@ -31,7 +31,7 @@ struct Cli {
     #[arg(long)]
     smoke: bool,
     /// Modes, comma-separated (direct, kernel-fwd, kernel-iptables,
-    /// kernel-nftables, kxdp-null, kxdp).
+    /// kernel-nftables, xdp-redirect, kxdp-null, kxdp).
     #[arg(long, value_delimiter = ',')]
     modes: Vec<Mode>,
     /// Numbers of Services.

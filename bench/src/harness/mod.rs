@@ -17,10 +17,14 @@
 //! ceiling), `kernel-fwd` (node-a routes pod -> remote pod through kernel
 //! VXLAN, no DNAT), `kernel-iptables` / `kernel-nftables` (pod -> ClusterIP
 //! through kube-proxy-style rules for N Services, conntrack, kernel VXLAN),
-//! `kxdp-null` (`kxdp run --null-pipeline` between the pod veth and the
-//! uplink; the generator sends frames already VXLAN-encapsulated, so what
-//! leaves node-a is byte for byte what the full pipeline would emit) and
-//! `kxdp` (the full pipeline: DNAT + VXLAN encap on one worker).
+//! `xdp-redirect` (the in-kernel XDP ceiling: an XDP program on node-a's
+//! pod veth rewrites the MACs and `bpf_redirect_map`s every frame to the
+//! uplink, no AF_XDP, no userspace; the generator sends the frames
+//! `kxdp-null` sends), `kxdp-null` (`kxdp run --null-pipeline` between the
+//! pod veth and the uplink; the generator sends frames already
+//! VXLAN-encapsulated, so what leaves node-a is byte for byte what the full
+//! pipeline would emit) and `kxdp` (the full pipeline: DNAT + VXLAN encap
+//! on one worker).
 //!
 //! Every load loop is bounded by a packet count and a deadline; every
 //! namespace, rule and process is owned by a guard and goes away on drop.
@@ -69,16 +73,18 @@ pub enum Mode {
     KernelFwd,
     KernelIptables,
     KernelNftables,
+    XdpRedirect,
     KxdpNull,
     Kxdp,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Direct,
         Mode::KernelFwd,
         Mode::KernelIptables,
         Mode::KernelNftables,
+        Mode::XdpRedirect,
         Mode::KxdpNull,
         Mode::Kxdp,
     ];
@@ -89,6 +95,7 @@ impl Mode {
             Mode::KernelFwd => "kernel-fwd",
             Mode::KernelIptables => "kernel-iptables",
             Mode::KernelNftables => "kernel-nftables",
+            Mode::XdpRedirect => "xdp-redirect",
             Mode::KxdpNull => "kxdp-null",
             Mode::Kxdp => "kxdp",
         }
@@ -105,6 +112,19 @@ impl Mode {
     /// Whether node-a runs kxdp (otherwise it is a Linux node).
     pub fn runs_kxdp(self) -> bool {
         matches!(self, Mode::KxdpNull | Mode::Kxdp)
+    }
+
+    /// Whether the generator sends the VXLAN frames node-a's full pipeline
+    /// would emit, for node-a to forward unchanged but for the MACs (only
+    /// the AF_XDP generator can; fixed flows even with `all_new`).
+    pub fn sends_vxlan(self) -> bool {
+        matches!(self, Mode::KxdpNull | Mode::XdpRedirect)
+    }
+
+    /// Whether node-a's pod veth runs NAPI (XDP attached) in a kthread the
+    /// harness pins to the DUT core (see `threaded_napi`).
+    pub fn dut_runs_xdp(self) -> bool {
+        matches!(self, Mode::XdpRedirect | Mode::KxdpNull | Mode::Kxdp)
     }
 }
 
@@ -127,8 +147,8 @@ impl std::str::FromStr for Mode {
 pub enum GeneratorKind {
     /// The project's AF_XDP generator (copy mode), UDP sockets if it fails.
     Afxdp,
-    /// Kernel UDP sockets only (not available for `kxdp-null`, which needs
-    /// crafted VXLAN frames).
+    /// Kernel UDP sockets only (not available for `kxdp-null` and
+    /// `xdp-redirect`, which need crafted VXLAN frames).
     Udp,
 }
 
@@ -163,14 +183,14 @@ pub struct BenchConfig {
     pub kxdp_args: Vec<String>,
     /// Warm-up before the first run of each case (ARP, conntrack), seconds.
     pub warmup: f64,
-    /// kxdp modes: switch the pod veth's NAPI to a kthread pinned to the
-    /// DUT core (false: NAPI runs where the generator's transmit schedules
-    /// it, i.e. on the generator core).
+    /// kxdp and xdp-redirect modes: switch the pod veth's NAPI to a
+    /// kthread pinned to the DUT core (false: NAPI runs where the
+    /// generator's transmit schedules it, i.e. on the generator core).
     pub threaded_napi: bool,
     /// Every packet a new 5-tuple (source port rewritten per packet; see
     /// `gen::FlowPattern::AllNew`) instead of `flows` fixed flows: the
-    /// conntrack-creation path. `kxdp-null` (no per-flow state) and the
-    /// UDP fallback generator send the fixed flows.
+    /// conntrack-creation path. `kxdp-null` and `xdp-redirect` (no
+    /// per-flow state) and the UDP fallback generator send the fixed flows.
     pub all_new: bool,
     /// After each case's throughput runs, a latency run of `duration`
     /// seconds at this many packets/s (0: none). Pick about half of the
@@ -398,7 +418,7 @@ fn run_case(
             Err(e) => case.error = Some(format!("latency run: {e}")),
         }
     }
-    if let Some(log) = bed.kxdp_drops() {
+    if let Some(log) = bed.dut_drops() {
         case.dut_drops = Some(log);
     }
     case.finish();
@@ -435,6 +455,16 @@ mod tests {
         for m in Mode::ALL {
             assert_eq!(m.name().parse::<Mode>(), Ok(m));
         }
+        assert_eq!("xdp-redirect".parse::<Mode>(), Ok(Mode::XdpRedirect));
+        assert!("xdp_redirect".parse::<Mode>().is_err());
+        let cfg =
+            BenchConfig::from_toml("modes = [\"xdp-redirect\", \"kxdp-null\"]\n").expect("parses");
+        assert_eq!(
+            cfg.testbeds(),
+            vec![(Mode::XdpRedirect, 0), (Mode::KxdpNull, 0)]
+        );
+        // The default (and so --smoke) runs the ceiling too.
+        assert!(BenchConfig::smoke().modes.contains(&Mode::XdpRedirect));
     }
 
     #[test]

@@ -222,6 +222,71 @@ impl Report {
         self.case(mode, services, flows)?.median_mpps_per_dut_core
     }
 
+    /// The in-kernel XDP redirect ceiling against kxdp, per flows (and
+    /// Services for `kxdp`): empty without `xdp-redirect` cases.
+    fn ceiling_table(&self) -> String {
+        let mut out = String::new();
+        let mut flows: Vec<usize> = self
+            .cases
+            .iter()
+            .filter(|c| c.mode == Mode::XdpRedirect)
+            .map(|c| c.flows)
+            .collect();
+        flows.sort_unstable();
+        flows.dedup();
+        if flows.is_empty() {
+            return out;
+        }
+        let mut services: Vec<usize> = self
+            .cases
+            .iter()
+            .filter(|c| c.mode == Mode::Kxdp)
+            .map(|c| c.services)
+            .collect();
+        services.sort_unstable();
+        services.dedup();
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+            _ => "-".into(),
+        };
+        let num = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
+        out.push_str("\nAgainst the in-kernel XDP redirect ceiling (`xdp-redirect`: MAC rewrite + `bpf_redirect_map`, no DNAT, no encapsulation, no conntrack):\n\n| flows | xdp-redirect Mpps | xdp-redirect Mpps per DUT core | xdp-redirect / direct | kxdp-null / xdp-redirect | per DUT core: kxdp-null / xdp-redirect |");
+        for n in &services {
+            let _ = write!(
+                out,
+                " kxdp (N={n}) / xdp-redirect | per DUT core: kxdp (N={n}) / xdp-redirect |"
+            );
+        }
+        out.push_str("\n|---:|---:|---:|---:|---:|---:|");
+        out.push_str(&"---:|---:|".repeat(services.len()));
+        out.push('\n');
+        for f in flows {
+            let (x, xc) = (
+                self.mpps(Mode::XdpRedirect, 0, f),
+                self.per_core(Mode::XdpRedirect, 0, f),
+            );
+            let _ = write!(
+                out,
+                "| {f} | {} | {} | {} | {} | {} |",
+                num(x),
+                num(xc),
+                ratio(x, self.mpps(Mode::Direct, 0, f)),
+                ratio(self.mpps(Mode::KxdpNull, 0, f), x),
+                ratio(self.per_core(Mode::KxdpNull, 0, f), xc),
+            );
+            for &n in &services {
+                let _ = write!(
+                    out,
+                    " {} | {} |",
+                    ratio(self.mpps(Mode::Kxdp, n, f), x),
+                    ratio(self.per_core(Mode::Kxdp, n, f), xc),
+                );
+            }
+            out.push('\n');
+        }
+        out
+    }
+
     /// Markdown: environment, one row per case, then the ratios per
     /// (Services, flows).
     pub fn markdown(&self) -> String {
@@ -343,6 +408,7 @@ impl Report {
                 );
             }
         }
+        out.push_str(&self.ceiling_table());
         let drops: Vec<&CaseResult> = self
             .cases
             .iter()
@@ -350,7 +416,7 @@ impl Report {
             .collect();
         if !drops.is_empty() {
             out.push_str(
-                "\nkxdp counters after each case (non-zero `kxdp_drop*`/`kxdp_forward*`):\n\n```\n",
+                "\nDUT counters after each case (kxdp: non-zero `kxdp_drop*`/`kxdp_forward*`; xdp-redirect: the program's counters; both: non-zero veth XDP/drop counters):\n\n```\n",
             );
             for c in drops {
                 let _ = writeln!(
@@ -454,5 +520,52 @@ mod tests {
         assert!(report.cases.iter().all(CaseResult::delivered_packets));
         let json = serde_json::to_value(&report).expect("json");
         assert_eq!(json["cases"][3]["mode"], "kxdp");
+    }
+
+    #[test]
+    fn ceiling_table_compares_kxdp_with_xdp_redirect() {
+        let cfg = BenchConfig::default();
+        let case = |mode, services, mpps: f64, busy: f64| {
+            let mut c = CaseResult::new(&cfg, mode, services, 1);
+            c.runs.push(RunResult {
+                sent: 1_000_000,
+                gen_tx_dropped: 0,
+                secs: 1.0,
+                delivered: (mpps * 1e6) as u64,
+                udp_delivered: 0,
+                dut_in: 0,
+                dut_out: 0,
+                kernel_drops: 0,
+                mpps,
+                dut_busy: busy,
+                dut_ns_per_packet: busy * 1e9 / (mpps * 1e6),
+                mpps_per_dut_core: mpps / busy,
+            });
+            c.finish();
+            c
+        };
+        let mut report = Report {
+            meta: Meta::collect(&cfg, "kxdp-bench"),
+            cases: vec![
+                case(Mode::Direct, 0, 1.0, 1.0),
+                // The redirect leaves half the DUT core idle.
+                case(Mode::XdpRedirect, 0, 0.8, 0.5),
+                case(Mode::KxdpNull, 0, 0.6, 1.0),
+                case(Mode::Kxdp, 100, 0.45, 1.0),
+            ],
+        };
+        let md = report.markdown();
+        assert!(md.contains("| xdp-redirect | - | 1 | 0.800 |"), "{md}");
+        assert!(
+            md.contains("kxdp (N=100) / xdp-redirect | per DUT core: kxdp (N=100) / xdp-redirect |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1 | 0.800 | 1.600 | 0.80x | 0.75x | 0.37x | 0.56x | 0.28x |"),
+            "{md}"
+        );
+        // Without the ceiling mode there is no ceiling table.
+        report.cases.remove(1);
+        assert!(!report.markdown().contains("xdp-redirect"));
     }
 }

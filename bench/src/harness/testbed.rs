@@ -1,6 +1,8 @@
-//! One mode's topology: namespaces, rules or kxdp, pinning, sinks and the
-//! counters a run reads. Dropped in field order: kxdp, sinks, topology
-//! (namespaces and everything in them), scratch directory.
+//! One mode's topology: namespaces, rules, kxdp or the XDP redirect
+//! program, pinning, sinks and the counters a run reads. Dropped in field
+//! order: kxdp, the XDP redirect program (detached while its namespaces
+//! still exist), sinks, topology (namespaces and everything in them),
+//! scratch directory.
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -11,6 +13,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kxdp_dataplane::worker::monotonic_ns;
+use kxdp_ffi::redirect::{FwdMacs, RedirectProgram};
+use kxdp_ffi::xdp::{AttachMode, Interface};
 use kxdp_topology::{
     unique_suffix, veth, Netns, NodeKind, TopoResult, Topology, TopologyOptions, VXLAN_PORT,
 };
@@ -28,6 +32,9 @@ const SINK_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 2, 2), Ipv4Addr::new(10,
 const DIRECT_GEN_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
 const DIRECT_SINK_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The underlay bridge's port facing node-a's uplink (the peer of node-a's
+/// `eth0`).
+const UPLINK_PEER: &str = "pa";
 /// Longest a sink socket is held (every run ends far earlier).
 const SINK_MAX_LIFETIME: Duration = Duration::from_secs(6 * 3600);
 /// Longest kxdp may take to become ready (10k+ Services compile).
@@ -194,6 +201,9 @@ impl Drop for ScratchDir {
 /// The topology of one mode, ready to measure.
 pub struct Testbed {
     kxdp: Option<KxdpChild>,
+    /// `xdp-redirect`: the program on node-a's pod veth and on the
+    /// underlay's peer of node-a's uplink.
+    xdp: Option<RedirectProgram>,
     sinks: Sinks,
     topo: Topology,
     dir: ScratchDir,
@@ -217,7 +227,10 @@ impl Testbed {
         })?;
         let dir = ScratchDir(dir);
         let opts = TopologyOptions {
-            node_a: if mode.runs_kxdp() {
+            // xdp-redirect: node-a's kernel needs no VXLAN device either
+            // (the frames arrive encapsulated), and node-b's VTEP entry for
+            // node-a is then its uplink MAC, as for kxdp-null.
+            node_a: if mode.runs_kxdp() || mode == Mode::XdpRedirect {
                 NodeKind::Kxdp
             } else {
                 NodeKind::LinuxFlannel
@@ -249,6 +262,7 @@ impl Testbed {
         let sinks = Sinks::start(&sink_ns)?;
         let mut bed = Testbed {
             kxdp: None,
+            xdp: None,
             sinks,
             topo,
             dir,
@@ -290,10 +304,15 @@ impl Testbed {
                 let child = bed.start_kxdp(cfg, mode, services)?;
                 bed.kxdp = Some(child);
             }
+            Mode::XdpRedirect => {
+                let (prog, note) = bed.start_xdp_redirect()?;
+                bed.xdp = Some(prog);
+                notes.push(note);
+            }
             Mode::Direct | Mode::KernelFwd => {}
         }
         notes.extend(bed.pin(cfg, mode));
-        if cfg.all_new && mode != Mode::KxdpNull {
+        if cfg.all_new && !mode.sends_vxlan() {
             notes.push(format!(
                 "{}: all-new flows: every packet a new source port, {} distinct 5-tuples per flow template before one repeats",
                 mode.name(),
@@ -312,6 +331,57 @@ impl Testbed {
 
     fn node_a(&self) -> Result<&Netns, HarnessError> {
         self.node("node-a").map(|n| &n.ns)
+    }
+
+    /// `xdp-redirect`: node-a's kernel stops forwarding (so whatever is
+    /// delivered went through the XDP redirect), `redirect_fwd` goes on
+    /// node-a's pod veth (MACs: node-a's uplink -> node-b's uplink; egress:
+    /// node-a's `eth0`) and `redirect_pass` on `pa`, the underlay's end of
+    /// node-a's uplink: without a program (or GRO) there, veth drops every
+    /// frame redirected into `eth0` (ffi `redirect` module docs).
+    fn start_xdp_redirect(&self) -> Result<(RedirectProgram, String), HarnessError> {
+        let (a, b) = (self.node("node-a")?, self.node("node-b")?);
+        let host_veth = self
+            .topo
+            .pod("g")
+            .ok_or_else(|| topo_err("no pod g".into()))?
+            .host_veth
+            .clone();
+        let mac = |s: &str| gen::parse_mac(s).ok_or_else(|| topo_err(format!("bad MAC {s:?}")));
+        let macs = FwdMacs {
+            src: mac(&a.mac)?,
+            dst: mac(&b.mac)?,
+        };
+        a.ns.sysctl("net.ipv4.ip_forward", "0").map_err(topo_err)?;
+        let hv = host_veth.clone();
+        let prog =
+            a.ns.run_in(move || {
+                let mut prog = RedirectProgram::load().map_err(|e| e.to_string())?;
+                let ingress = Interface::lookup(&hv).map_err(|e| e.to_string())?;
+                let egress = Interface::lookup("eth0").map_err(|e| e.to_string())?;
+                prog.forward(&ingress, &egress, macs, AttachMode::Native)
+                    .map_err(|e| e.to_string())?;
+                Ok(prog)
+            })
+            .map_err(|e| topo_err(format!("xdp-redirect on node-a: {e}")))?;
+        let prog = self
+            .topo
+            .underlay
+            .run_in(move || {
+                let mut prog = prog;
+                let peer = Interface::lookup(UPLINK_PEER).map_err(|e| e.to_string())?;
+                prog.attach_pass(&peer, AttachMode::Native)
+                    .map_err(|e| e.to_string())?;
+                Ok(prog)
+            })
+            .map_err(|e| topo_err(format!("xdp-redirect pass program on {UPLINK_PEER}: {e}")))?;
+        Ok((
+            prog,
+            format!(
+                "xdp-redirect: node-a ip_forward=0; XDP redirect_fwd (native) on {host_veth}: MACs {} -> {}, bpf_redirect_map to eth0; XDP_PASS program on the underlay's {UPLINK_PEER} (veth needs NAPI on the peer of a redirect target)",
+                a.mac, b.mac
+            ),
+        ))
     }
 
     fn start_kxdp(
@@ -470,7 +540,7 @@ impl Testbed {
         };
         // What node-a sends on its uplink is processed by the underlay
         // bridge and node-b: steer it to the sink core with RPS.
-        let port = "pa";
+        let port = UPLINK_PEER;
         match set_rps(&self.topo.underlay, port, genc) {
             Ok(()) => notes.push(format!(
                 "underlay port {port} (node-a's uplink peer): RPS to CPU {genc}, so bridge, node-b and sinks run on the generator/sink core"
@@ -489,6 +559,22 @@ impl Testbed {
                     Err(e) => notes.push(format!("RPS on node-a {}: {e}", g.host_veth)),
                 }
             }
+            Mode::XdpRedirect => {
+                // The XDP_PASS program gives `pa` a NAPI instance. The
+                // redirect schedules it on the DUT core, where its poll
+                // (xdp_frame -> skb for the bridge) runs in softirq and is
+                // counted as DUT time, as kxdp-null's transmit pays for
+                // the skb it hands `pa`; RPS on `pa` (above) then moves
+                // the bridge, node-b and the sinks to the sink core in
+                // both modes alike. (A threaded NAPI kthread on the sink
+                // core instead competes there with the generator under
+                // CFS where softirq would preempt it: measured, it lost
+                // ~40% of the frames at `pa`'s ring.)
+                notes.push(format!(
+                    "xdp-redirect: underlay {port}'s NAPI (XDP_PASS) runs in softirq where node-a's redirect schedules it: CPU {dut}"
+                ));
+                notes.extend(pin_dut_napi(node_a, &g.host_veth, dut, cfg.threaded_napi, mode));
+            }
             Mode::KxdpNull | Mode::Kxdp if cfg.busy_poll => notes.push(format!(
                 "kxdp modes: kxdp --busy-poll: its worker (CPU {dut}) runs the pod veth's NAPI; kxdp set threaded NAPI off, napi_defer_hard_irqs and gro_flush_timeout on the interfaces it serves"
             )),
@@ -496,24 +582,7 @@ impl Testbed {
                 "kxdp modes: threaded NAPI off (config): the pod veth's NAPI runs on the generator core; kxdp process and worker pinned to CPU {dut}"
             )),
             Mode::KxdpNull | Mode::Kxdp => {
-                // With XDP attached veth uses NAPI; threaded NAPI makes it
-                // a kthread we can pin next to the kxdp worker.
-                match threaded_napi(node_a, &g.host_veth, dut) {
-                    Ok(n) if n > 0 => notes.push(format!(
-                        "kxdp modes: node-a's pod veth threaded NAPI ({n} kthread(s) napi/{}-*) pinned to CPU {dut}; kxdp process and worker pinned to CPU {dut}",
-                        g.host_veth
-                    )),
-                    Ok(_) => {
-                        notes.push("kxdp modes: threaded NAPI set but no napi kthread found; falling back to RPS".into());
-                        let _ = set_rps(node_a, &g.host_veth, dut);
-                    }
-                    Err(e) => {
-                        notes.push(format!(
-                            "kxdp modes: threaded NAPI not available ({e}); RPS on the pod veth instead"
-                        ));
-                        let _ = set_rps(node_a, &g.host_veth, dut);
-                    }
-                }
+                notes.extend(pin_dut_napi(node_a, &g.host_veth, dut, true, mode));
             }
         }
         notes
@@ -583,8 +652,11 @@ impl Testbed {
                     64,
                     frame_len,
                 )?,
-                Mode::KxdpNull => {
+                Mode::KxdpNull | Mode::XdpRedirect => {
                     // What node-a's full pipeline emits for this flow.
+                    // xdp-redirect: addressed to node-a's pod veth (its
+                    // program writes the uplink MACs); kxdp-null forwards
+                    // frames unchanged, so they carry them already.
                     let (a, b) = (self.node("node-a")?, self.node("node-b")?);
                     let inner = gen::plain_frame(
                         &FlowAddr {
@@ -598,9 +670,14 @@ impl Testbed {
                         63,
                         frame_len,
                     )?;
+                    let (src_mac, dst_mac) = if mode == Mode::XdpRedirect {
+                        (mac(&g.mac)?, mac(&g.host_mac)?)
+                    } else {
+                        (mac(&a.mac)?, mac(&b.mac)?)
+                    };
                     let outer = VxlanOuter {
-                        src_mac: mac(&a.mac)?,
-                        dst_mac: mac(&b.mac)?,
+                        src_mac,
+                        dst_mac,
                         src_ip: a.ip,
                         dst_ip: b.ip,
                         dst_port: VXLAN_PORT,
@@ -620,7 +697,7 @@ impl Testbed {
         (0..n)
             .map(|i| match mode {
                 Mode::Direct => (DIRECT_SINK_IP, TARGET_PORT),
-                Mode::KernelFwd | Mode::KxdpNull => (
+                Mode::KernelFwd | Mode::KxdpNull | Mode::XdpRedirect => (
                     SINK_IPS
                         .get(i % self.endpoints)
                         .copied()
@@ -635,7 +712,8 @@ impl Testbed {
     /// Sends `frames` from the generator pod for `duration` on a thread
     /// pinned to the generator core: the AF_XDP generator, or kernel UDP
     /// sockets to `udp_targets` when configured or when AF_XDP fails
-    /// (never for `kxdp-null`, whose frames only AF_XDP can send).
+    /// (never for `kxdp-null` and `xdp-redirect`, whose frames only AF_XDP
+    /// can send).
     pub fn generate(
         &self,
         mode: Mode,
@@ -660,7 +738,7 @@ impl Testbed {
         let paced = gen::Paced {
             pps,
             payload_len: cfg.frame_len.saturating_sub(42),
-            vxlan: mode == Mode::KxdpNull,
+            vxlan: mode.sends_vxlan(),
         };
         let rec = &self.sinks.latency;
         rec.start();
@@ -700,13 +778,13 @@ impl Testbed {
         };
         let max = cfg.max_packets;
         let udp_first =
-            self.generator == GeneratorKind::Udp && mode != Mode::KxdpNull && paced.is_none();
-        let allow_udp = mode != Mode::KxdpNull && paced.is_none();
+            self.generator == GeneratorKind::Udp && !mode.sends_vxlan() && paced.is_none();
+        let allow_udp = !mode.sends_vxlan() && paced.is_none();
         let payload = cfg.frame_len.saturating_sub(42);
         let flows = frames.len();
-        // kxdp-null's frames are VXLAN-encapsulated and it keeps no
-        // per-flow state: fixed flows there.
-        let pattern = if cfg.all_new && mode != Mode::KxdpNull {
+        // kxdp-null's and xdp-redirect's frames are VXLAN-encapsulated and
+        // they keep no per-flow state: fixed flows there.
+        let pattern = if cfg.all_new && !mode.sends_vxlan() {
             gen::FlowPattern::AllNew
         } else {
             gen::FlowPattern::Templates
@@ -770,13 +848,17 @@ impl Testbed {
         c
     }
 
-    /// Where frames were lost, stage by stage, when kxdp runs (cumulative
-    /// since kxdp started, warm-up included): kxdp's drop and forward
-    /// counters (`/metrics`), its AF_XDP sockets' statistics
-    /// (`/debug/stats`: fill ring empty = the kernel had no frame to
-    /// receive into, rx ring full, tx drops) and the pod veth's own
-    /// counters (`ethtool -S`: XDP redirect failures and ring drops).
-    pub fn kxdp_drops(&self) -> Option<String> {
+    /// Where frames were lost, stage by stage, when node-a runs kxdp or
+    /// the XDP redirect program (cumulative since it started, warm-up
+    /// included). kxdp: its drop and forward counters (`/metrics`), its
+    /// AF_XDP sockets' statistics (`/debug/stats`: fill ring empty = the
+    /// kernel had no frame to receive into, rx ring full, tx drops) and
+    /// the pod veth's own counters (`ethtool -S`: XDP redirect failures
+    /// and ring drops). xdp-redirect: [`Testbed::xdp_redirect_counters`].
+    pub fn dut_drops(&self) -> Option<String> {
+        if self.xdp.is_some() {
+            return Some(self.xdp_redirect_counters());
+        }
         self.kxdp.as_ref()?;
         let ns = self.node_a().ok()?;
         let mut lines: Vec<String> = admin_get(ns, "/metrics")
@@ -791,22 +873,54 @@ impl Testbed {
             lines.extend(socket_stat_lines(&stats));
         }
         if let Some(g) = self.topo.pod("g") {
-            if let Ok(text) = ns.exec_stdout("ethtool", &["-S", &g.host_veth]) {
-                lines.extend(
-                    text.lines()
-                        .map(str::trim)
-                        .filter(|l| {
-                            l.contains("drops")
-                                || l.contains("xdp_redirect")
-                                || l.contains("xdp_tx_err")
-                        })
-                        .filter(|l| !l.ends_with(": 0"))
-                        .map(|l| format!("veth {}: {l}", g.host_veth)),
-                );
-            }
+            lines.extend(veth_xdp_counters(ns, &g.host_veth));
         }
         Some(lines.join("\n"))
     }
+
+    /// The redirect program's counters (frames redirected by
+    /// `redirect_fwd`, passed by `redirect_pass` on the far side, ...)
+    /// and the non-zero XDP and drop counters (`ethtool -S`) of the three
+    /// veths on the path: node-a's pod veth (`xdp_redirect`; a failed
+    /// redirect counts in its `rx_queue_0_drops`), node-a's `eth0`
+    /// (`tx_queue_0_xdp_xmit`: frames the redirect put into its peer's
+    /// ring, `_errors`: the ring was full) and the underlay's `pa` (its
+    /// `xdp_packets` ran `redirect_pass`).
+    pub fn xdp_redirect_counters(&self) -> String {
+        let mut lines = Vec::new();
+        match self.xdp.as_ref().map(RedirectProgram::stats) {
+            Some(Ok(s)) => lines.push(format!(
+                "redirect program: fwd_redirect={} fwd_no_port={} fwd_no_entry={} fwd_runt={} peer_pass={}",
+                s.fwd_redirect, s.fwd_no_port, s.fwd_no_entry, s.fwd_runt, s.peer_pass
+            )),
+            Some(Err(e)) => lines.push(format!("redirect program: {e}")),
+            None => {}
+        }
+        if let (Ok(a), Some(g)) = (self.node_a(), self.topo.pod("g")) {
+            lines.extend(veth_xdp_counters(a, &g.host_veth));
+            lines.extend(veth_xdp_counters(a, "eth0"));
+        }
+        lines.extend(veth_xdp_counters(&self.topo.underlay, UPLINK_PEER));
+        lines.join("\n")
+    }
+}
+
+/// The non-zero drop and XDP counters of veth `dev` in `ns`
+/// (`ethtool -S`), one `veth DEV: name: value` line each.
+fn veth_xdp_counters(ns: &Netns, dev: &str) -> Vec<String> {
+    ns.exec_stdout("ethtool", &["-S", dev])
+        .map(|text| veth_counter_lines(&text, dev))
+        .unwrap_or_default()
+}
+
+fn veth_counter_lines(ethtool_s: &str, dev: &str) -> Vec<String> {
+    ethtool_s
+        .lines()
+        .map(str::trim)
+        .filter(|l| (l.contains("drops") || l.contains("xdp")) && !l.contains("bytes"))
+        .filter(|l| !l.ends_with(": 0"))
+        .map(|l| format!("veth {dev}: {l}"))
+        .collect()
 }
 
 /// One line per AF_XDP socket from kxdp's `/debug/stats` JSON, with the
@@ -932,6 +1046,42 @@ fn set_rps(ns: &Netns, dev: &str, cpu: usize) -> TopoResult<()> {
     .map(|_| ())
 }
 
+/// With XDP attached, node-a's pod veth `dev` runs NAPI; threaded NAPI
+/// makes it a kthread pinned to the DUT core (next to kxdp's worker in the
+/// kxdp modes). RPS on `dev` when that is not possible. Returns notes.
+fn pin_dut_napi(node_a: &Netns, dev: &str, dut: usize, threaded: bool, mode: Mode) -> Vec<String> {
+    let (who, also) = if mode.runs_kxdp() {
+        (
+            "kxdp modes".to_owned(),
+            format!("; kxdp process and worker pinned to CPU {dut}"),
+        )
+    } else {
+        (mode.name().to_owned(), String::new())
+    };
+    if !threaded {
+        return vec![format!(
+            "{who}: threaded NAPI off (config): the pod veth's NAPI runs on the generator core"
+        )];
+    }
+    match threaded_napi(node_a, dev, dut) {
+        Ok(n) if n > 0 => vec![format!(
+            "{who}: node-a's pod veth threaded NAPI ({n} kthread(s) napi/{dev}-*) pinned to CPU {dut}{also}"
+        )],
+        Ok(_) => {
+            let _ = set_rps(node_a, dev, dut);
+            vec![format!(
+                "{who}: threaded NAPI set but no napi kthread found; falling back to RPS"
+            )]
+        }
+        Err(e) => {
+            let _ = set_rps(node_a, dev, dut);
+            vec![format!(
+                "{who}: threaded NAPI not available ({e}); RPS on the pod veth instead"
+            )]
+        }
+    }
+}
+
 /// Switches `dev`'s NAPI to a kthread and pins every `napi/DEV-*` kthread
 /// to `cpu`; returns how many were pinned.
 fn threaded_napi(ns: &Netns, dev: &str, cpu: usize) -> TopoResult<usize> {
@@ -1024,6 +1174,22 @@ mod tests {
             ]
         );
         assert!(socket_stat_lines("not json").is_empty());
+    }
+
+    #[test]
+    fn veth_counter_lines_keep_nonzero_xdp_and_drop_counters() {
+        // `ethtool -S` of a veth on 6.18 after an XDP redirect run.
+        let text = "NIC statistics:\n     peer_ifindex: 2\n     rx_queue_0_xdp_packets: 120\n     rx_queue_0_xdp_bytes: 7200\n     rx_queue_0_drops: 3\n     rx_queue_0_xdp_redirect: 117\n     rx_queue_0_xdp_drops: 0\n     rx_queue_0_xdp_tx: 0\n     rx_queue_0_xdp_tx_errors: 0\n     tx_queue_0_xdp_xmit: 0\n     tx_queue_0_xdp_xmit_errors: 10\n";
+        assert_eq!(
+            veth_counter_lines(text, "vethg"),
+            vec![
+                "veth vethg: rx_queue_0_xdp_packets: 120",
+                "veth vethg: rx_queue_0_drops: 3",
+                "veth vethg: rx_queue_0_xdp_redirect: 117",
+                "veth vethg: tx_queue_0_xdp_xmit_errors: 10",
+            ]
+        );
+        assert!(veth_counter_lines("", "x").is_empty());
     }
 
     #[test]
