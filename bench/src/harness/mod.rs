@@ -274,6 +274,17 @@ impl BenchConfig {
         if self.dut_core == self.gen_core {
             return bad("dut_core and gen_core must differ".into());
         }
+        if self.rate_pps > 0
+            && matches!(
+                self.generator,
+                GeneratorKind::Udp | GeneratorKind::XdpTrafficgen
+            )
+        {
+            return bad(format!(
+                "rate_pps: the {} generator cannot pace",
+                self.generator.name()
+            ));
+        }
         Ok(())
     }
 
