@@ -37,12 +37,19 @@ fn smoke_every_installed_generator_delivers_packets() {
     let json = std::fs::read_to_string(out.join("kxdp-bench.json")).unwrap_or_default();
     let svg = out.join("throughput-1flows.svg").is_file();
     let _ = std::fs::remove_dir_all(&out);
-    assert!(run.status.success(), "kxdp-bench --smoke-generators failed:\n{stderr}");
+    assert!(
+        run.status.success(),
+        "kxdp-bench --smoke-generators failed:\n{stderr}"
+    );
     assert!(stderr.contains("SMOKE OK"), "{stderr}");
     assert!(svg, "no plot written:\n{stderr}");
     let v: serde_json::Value = serde_json::from_str(&json).expect("JSON result");
     let cases = v["cases"].as_array().expect("cases");
-    assert_eq!(cases.len(), available.len(), "one case per installed generator: {json}");
+    assert_eq!(
+        cases.len(),
+        available.len(),
+        "one case per installed generator: {json}"
+    );
     let mut delivered_by = Vec::new();
     for c in cases {
         let generator = c["generator"].as_str().unwrap_or_default();
@@ -52,7 +59,10 @@ fn smoke_every_installed_generator_delivers_packets() {
                 let runs = c["runs"].as_array().expect("runs");
                 assert!(!runs.is_empty(), "{c}");
                 for r in runs {
-                    assert!(r["delivered"].as_u64().unwrap_or(0) > 0, "nothing delivered: {c}");
+                    assert!(
+                        r["delivered"].as_u64().unwrap_or(0) > 0,
+                        "nothing delivered: {c}"
+                    );
                     assert!(r["sent"].as_u64().unwrap_or(0) > 0, "nothing sent: {c}");
                 }
                 delivered_by.push(generator.to_owned());

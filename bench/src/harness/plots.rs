@@ -88,11 +88,19 @@ fn plot_report(r: &PlotReport, out: &Path) -> Result<Vec<PathBuf>, PlotError> {
     std::fs::create_dir_all(out)
         .map_err(|e| PlotError::Io(format!("mkdir {}: {e}", out.display())))?;
     let mut files = Vec::new();
+    // One colour per series name across every plot of the report.
+    let every: Vec<&PlotCase> = r.cases.iter().collect();
+    let names: BTreeSet<String> = series_names(&every).into_iter().collect();
+    let palette: Palette = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| (n, color(i)))
+        .collect();
     let flows: BTreeSet<usize> = r.cases.iter().map(|c| c.flows).collect();
     for f in flows {
         let path = out.join(format!("throughput-{f}flows.svg"));
         let cases: Vec<&PlotCase> = r.cases.iter().filter(|c| c.flows == f).collect();
-        draw_throughput(&path, f, &cases).map_err(|reason| PlotError::Draw {
+        draw_throughput(&path, f, &cases, &palette).map_err(|reason| PlotError::Draw {
             file: path.display().to_string(),
             reason,
         })?;
@@ -103,7 +111,7 @@ fn plot_report(r: &PlotReport, out: &Path) -> Result<Vec<PathBuf>, PlotError> {
         .any(|c| c.latency.as_ref().is_some_and(|l| !l.cdf.is_empty()))
     {
         let path = out.join("latency-cdf.svg");
-        draw_latency(&path, &r.cases).map_err(|reason| PlotError::Draw {
+        draw_latency(&path, &r.cases, &palette).map_err(|reason| PlotError::Draw {
             file: path.display().to_string(),
             reason,
         })?;
@@ -149,8 +157,14 @@ fn color(i: usize) -> RGBColor {
 }
 
 type Lines = BTreeMap<String, Vec<(f64, f64)>>;
+type Palette = BTreeMap<String, RGBColor>;
 
-fn draw_throughput(path: &Path, flows: usize, cases: &[&PlotCase]) -> Result<(), String> {
+fn draw_throughput(
+    path: &Path,
+    flows: usize,
+    cases: &[&PlotCase],
+    palette: &Palette,
+) -> Result<(), String> {
     let names = series_names(cases);
     let mut svc: Vec<f64> = cases
         .iter()
@@ -184,13 +198,6 @@ fn draw_throughput(path: &Path, flows: usize, cases: &[&PlotCase]) -> Result<(),
     for l in mpps.values_mut().chain(per_core.values_mut()) {
         l.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
-    // Stable colours: by series name across both panels.
-    let all: BTreeSet<&String> = names.iter().collect();
-    let colours: BTreeMap<&String, RGBColor> = all
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (*n, color(i)))
-        .collect();
 
     let root = SVGBackend::new(path, (960, 1000)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
@@ -232,7 +239,7 @@ fn draw_throughput(path: &Path, flows: usize, cases: &[&PlotCase]) -> Result<(),
             .draw()
             .map_err(|e| e.to_string())?;
         for (name, pts) in lines {
-            let c = colours.get(name).copied().unwrap_or(BLACK);
+            let c = palette.get(name).copied().unwrap_or(BLACK);
             chart
                 .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
                 .map_err(|e| e.to_string())?
@@ -255,7 +262,7 @@ fn draw_throughput(path: &Path, flows: usize, cases: &[&PlotCase]) -> Result<(),
     root.present().map_err(|e| e.to_string())
 }
 
-fn draw_latency(path: &Path, cases: &[PlotCase]) -> Result<(), String> {
+fn draw_latency(path: &Path, cases: &[PlotCase], palette: &Palette) -> Result<(), String> {
     let with: Vec<&PlotCase> = cases
         .iter()
         .filter(|c| c.latency.as_ref().is_some_and(|l| !l.cdf.is_empty()))
@@ -321,8 +328,14 @@ fn draw_latency(path: &Path, cases: &[PlotCase]) -> Result<(), String> {
         .y_desc("fraction of packets")
         .draw()
         .map_err(|e| e.to_string())?;
-    for (i, (c, label)) in with.iter().zip(&labels).enumerate() {
-        let col = color(i);
+    for (i, ((c, label), name)) in with.iter().zip(&labels).zip(&names).enumerate() {
+        // A series' colour as in the throughput plots; several latency
+        // cases of one series: colours after the palette's.
+        let col = if count.get(name.as_str()).copied().unwrap_or(0) > 1 {
+            color(palette.len() + i)
+        } else {
+            palette.get(name).copied().unwrap_or(BLACK)
+        };
         chart
             .draw_series(LineSeries::new(pts(c), col.stroke_width(2)))
             .map_err(|e| e.to_string())?
