@@ -2,12 +2,14 @@
 # Install what kxdp needs on a fresh Debian machine of this kind, idempotently:
 # C toolchain for the XDP program and libxdp (clang, llvm, libelf, zlib),
 # iproute2/nftables/iptables for the test topologies and kernel baselines,
-# and a bpffs mount for libxdp's pins. Safe to run again.
+# the benchmark's third-party traffic generators (trafgen from netsniff-ng,
+# xdp-trafficgen from xdp-tools), and a bpffs mount for libxdp's pins.
+# Safe to run again.
 set -euo pipefail
 
 PACKAGES=(clang llvm libelf-dev zlib1g-dev libbpf-dev pkg-config make m4
           iproute2 nftables iptables ethtool tcpdump dnsmasq-base socat
-          jq containernetworking-plugins)
+          jq containernetworking-plugins netsniff-ng xdp-tools)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

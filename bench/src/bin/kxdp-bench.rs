@@ -6,23 +6,50 @@
 //! kxdp-bench --services 100,10000 --flows 1,10000 --runs 3 --duration 5 --out bench/out
 //! kxdp-bench --smoke                     # CI: ~1 s per mode, asserts delivery only
 //! kxdp-bench --config bench/configs/standard.toml --out bench/out
+//! kxdp-bench --smoke-generators          # each installed external generator, ~1 s
+//! kxdp-bench plot bench/out/kxdp-bench.json --out bench/out   # re-plot a result
 //! ```
 //!
-//! Writes `<out>/kxdp-bench.json` and `<out>/kxdp-bench.md`. Exit status 1
-//! when a case failed (every case, in `--smoke`, must deliver packets).
+//! Writes `<out>/kxdp-bench.json`, `<out>/kxdp-bench.md` and the SVG plots
+//! (`harness::plots`). Exit status 1 when a case failed (every case, in
+//! `--smoke`, must deliver packets; in `--smoke-generators` a generator
+//! this machine cannot run is reported and skipped).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
-use kxdp_bench::harness::{run_all, BenchConfig, GeneratorKind, Mode};
+use clap::{Parser, Subcommand};
+use kxdp_bench::harness::report::Report;
+use kxdp_bench::harness::{gen, plots, run_all, BenchConfig, GeneratorKind, Mode};
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Draw the SVG plots of an existing result JSON.
+    Plot {
+        /// A `kxdp-bench.json`.
+        json: PathBuf,
+        /// Output directory (default: next to the JSON).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
 
 #[derive(Parser, Debug)]
 #[command(
     name = "kxdp-bench",
-    about = "kxdp vs the kernel path on a veth topology"
+    about = "kxdp vs the kernel path on a veth topology",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// CI: each external generator installed here (trafgen, xdp-trafficgen,
+    /// pktgen) drives the kernel-fwd mode for ~1 s and must deliver packets.
+    #[arg(long)]
+    smoke_generators: bool,
+    /// Offered load of the throughput runs, packets/s (0: unlimited).
+    #[arg(long)]
+    rate_pps: Option<u64>,
     /// Run description (TOML, see bench/configs/); flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -52,9 +79,9 @@ struct Cli {
     /// CPU of generator and sink.
     #[arg(long)]
     gen_core: Option<usize>,
-    /// Generator: afxdp (default) or udp.
+    /// Generator: afxdp (default), udp, trafgen, xdp-trafficgen or pktgen.
     #[arg(long)]
-    generator: Option<String>,
+    generator: Option<GeneratorKind>,
     /// The kxdp binary (default: next to kxdp-bench).
     #[arg(long)]
     kxdp: Option<PathBuf>,
@@ -95,6 +122,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
+    if let Some(Cmd::Plot { json, out }) = &cli.cmd {
+        let out = out.clone().unwrap_or_else(|| {
+            json.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        });
+        let files = plots::plot_file(json, &out).map_err(|e| e.to_string())?;
+        for f in files {
+            println!("{}", f.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut cfg = match (&cli.config, cli.smoke) {
         (Some(path), _) => {
             let text = std::fs::read_to_string(path)
@@ -119,13 +158,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     cfg.duration = cli.duration.unwrap_or(cfg.duration);
     cfg.dut_core = cli.dut_core.unwrap_or(cfg.dut_core);
     cfg.gen_core = cli.gen_core.unwrap_or(cfg.gen_core);
-    if let Some(g) = cli.generator.as_deref() {
-        cfg.generator = match g {
-            "afxdp" => GeneratorKind::Afxdp,
-            "udp" => GeneratorKind::Udp,
-            other => return Err(format!("--generator {other:?}: afxdp or udp")),
-        };
-    }
+    cfg.generator = cli.generator.unwrap_or(cfg.generator);
+    cfg.rate_pps = cli.rate_pps.unwrap_or(cfg.rate_pps);
     if cli.kxdp.is_some() {
         cfg.kxdp = cli.kxdp;
     }
@@ -146,12 +180,18 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     kxdp_topology::ensure_bpffs()?;
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let report = run_all(&cfg, &command, &mut |line| eprintln!("kxdp-bench: {line}"));
+    let mut progress = |line: &str| eprintln!("kxdp-bench: {line}");
+    let mut skipped = Vec::new();
+    let report = if cli.smoke_generators {
+        smoke_generators(&cfg, &command, &mut skipped, &mut progress)?
+    } else {
+        run_all(&cfg, &command, &mut progress)
+    };
 
     std::fs::create_dir_all(&cli.out).map_err(|e| format!("mkdir {}: {e}", cli.out.display()))?;
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     let json_path = cli.out.join("kxdp-bench.json");
-    std::fs::write(&json_path, json).map_err(|e| format!("write {}: {e}", json_path.display()))?;
+    std::fs::write(&json_path, &json).map_err(|e| format!("write {}: {e}", json_path.display()))?;
     let md = report.markdown();
     let md_path = cli.out.join("kxdp-bench.md");
     std::fs::write(&md_path, &md).map_err(|e| format!("write {}: {e}", md_path.display()))?;
@@ -161,10 +201,26 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         json_path.display(),
         md_path.display()
     );
+    // Plots come from the JSON just written, as `kxdp-bench plot` does.
+    match plots::plot_json(&json, &cli.out) {
+        Ok(files) => {
+            for f in files {
+                eprintln!("kxdp-bench: wrote {}", f.display());
+            }
+        }
+        Err(e) => eprintln!("kxdp-bench: plots: {e}"),
+    }
+    for s in &skipped {
+        eprintln!("kxdp-bench: SKIPPED {s}");
+    }
     let failed: Vec<String> = report
         .cases
         .iter()
-        .filter(|c| !c.delivered_packets())
+        // --smoke-generators: a generator that cannot run here is skipped.
+        .filter(|c| {
+            let skipped = cli.smoke_generators && is_unavailable(c.error.as_deref());
+            !c.delivered_packets() && !skipped
+        })
         .map(|c| {
             format!(
                 "{} Services={} flows={}: {}",
@@ -176,7 +232,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         })
         .collect();
     if failed.is_empty() {
-        if cfg.smoke {
+        if cli.smoke_generators {
+            eprintln!("kxdp-bench: SMOKE OK: every runnable external generator delivered packets");
+        } else if cfg.smoke {
             eprintln!("kxdp-bench: SMOKE OK: every mode delivered packets");
         }
         Ok(ExitCode::SUCCESS)
@@ -184,4 +242,64 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         eprintln!("kxdp-bench: FAILED cases:\n  {}", failed.join("\n  "));
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Whether a case failed only because its generator cannot run here
+/// (`GenError::Unsupported`).
+fn is_unavailable(error: Option<&str>) -> bool {
+    error.is_some_and(|e| e.contains("generator unavailable:"))
+}
+
+/// `--smoke-generators`: the kernel-fwd mode, 1 flow, ~1 s, driven by each
+/// external generator this machine has; one report with every case.
+fn smoke_generators(
+    base: &BenchConfig,
+    command: &str,
+    skipped: &mut Vec<String>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Report, String> {
+    let present: Vec<GeneratorKind> = gen::third_party()
+        .iter()
+        .filter_map(|t| {
+            let kind = t.name.parse::<GeneratorKind>().ok()?;
+            if !t.available {
+                skipped.push(format!("{}: {}", t.name, t.status));
+            }
+            t.available.then_some(kind)
+        })
+        .collect();
+    let mut merged: Option<Report> = None;
+    for kind in present {
+        let cfg = BenchConfig {
+            modes: vec![Mode::KernelFwd],
+            flows: vec![1],
+            runs: 1,
+            duration: base.duration.min(1.0),
+            warmup: 0.3,
+            latency_pps: 0,
+            smoke: true,
+            generator: kind,
+            ..base.clone()
+        };
+        let r = run_all(&cfg, command, progress);
+        for c in &r.cases {
+            if is_unavailable(c.error.as_deref()) {
+                skipped.push(format!(
+                    "{}: {}",
+                    kind.name(),
+                    c.error.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        match merged.as_mut() {
+            None => merged = Some(r),
+            Some(m) => m.cases.extend(r.cases),
+        }
+    }
+    merged.ok_or_else(|| {
+        format!(
+            "--smoke-generators: no external generator installed ({})",
+            skipped.join("; ")
+        )
+    })
 }

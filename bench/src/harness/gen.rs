@@ -42,6 +42,13 @@ pub enum GenError {
     Udp(#[from] std::io::Error),
     #[error("no flows to send")]
     NoFlows,
+    /// An external generator failed.
+    #[error("{0}")]
+    External(String),
+    /// The generator cannot run on this machine (tool missing or unable to
+    /// load on this kernel, no kernel pktgen): not a measurement failure.
+    #[error("generator unavailable: {0}")]
+    Unsupported(String),
 }
 
 /// Most sockets the UDP fallback opens.
@@ -198,12 +205,14 @@ pub struct Paced {
 /// namespace) through an AF_XDP socket in copy mode until `max_packets`
 /// were queued or `duration` passed, then reaps completions for at most
 /// 100 ms. `paced`: one packet at a time at a fixed rate, each stamped
-/// with its send time.
+/// with its send time. Otherwise `rate_pps` (0: unlimited) paces batches
+/// of up to 64 frames so the average rate is `rate_pps`.
 pub fn afxdp_blast(
     ifname: &str,
     frames: &[Vec<u8>],
     pattern: FlowPattern,
     paced: Option<Paced>,
+    rate_pps: u64,
     duration: Duration,
     max_packets: u64,
 ) -> Result<GenReport, GenError> {
@@ -236,9 +245,10 @@ pub fn afxdp_blast(
     while queued < max_packets && Instant::now() < deadline {
         port.complete(&mut store);
         let mut n = 0;
-        if let Some(p) = paced {
+        let pps = paced.map(|p| p.pps).or((rate_pps > 0).then_some(rate_pps));
+        if let Some(pps) = pps {
             // Wait for this packet's slot: sleep while far, spin when close.
-            let due = start + Duration::from_secs_f64(queued as f64 / p.pps.max(1) as f64);
+            let due = start + Duration::from_secs_f64(queued as f64 / pps.max(1) as f64);
             loop {
                 let now = Instant::now();
                 if now >= due || now >= deadline {

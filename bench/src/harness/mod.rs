@@ -31,9 +31,11 @@
 //! Rules and XDP programs are only ever installed inside namespaces this
 //! harness created.
 
+pub mod extgen;
 pub mod gen;
 pub mod kube_rules;
 pub mod latency;
+pub mod plots;
 pub mod report;
 pub mod testbed;
 
@@ -150,6 +152,13 @@ pub enum GeneratorKind {
     /// Kernel UDP sockets only (not available for `kxdp-null` and
     /// `xdp-redirect`, which need crafted VXLAN frames).
     Udp,
+    /// trafgen (Debian netsniff-ng) sending the same frames
+    /// ([`extgen`]).
+    Trafgen,
+    /// `xdp-trafficgen udp` (Debian xdp-tools): one flow ([`extgen`]).
+    XdpTrafficgen,
+    /// Kernel pktgen, only where `/proc/net/pktgen` exists ([`extgen`]).
+    Pktgen,
 }
 
 /// A run description (also the format of `bench/configs/*.toml`).
@@ -176,7 +185,12 @@ pub struct BenchConfig {
     pub gen_core: usize,
     /// Upper bound on packets per run (the deadline is the other bound).
     pub max_packets: u64,
+    /// `afxdp`, `udp`, `trafgen`, `xdp-trafficgen` or `pktgen`.
     pub generator: GeneratorKind,
+    /// Offered load of the throughput runs, packets/s (0: as fast as the
+    /// generator goes). trafgen (`--rate`), pktgen (`ratep`) and the
+    /// AF_XDP generator pace; xdp-trafficgen and the UDP fallback cannot.
+    pub rate_pps: u64,
     /// The `kxdp` binary (default: next to this binary).
     pub kxdp: Option<PathBuf>,
     /// Extra arguments for `kxdp run` (e.g. `--busy-poll`).
@@ -220,6 +234,7 @@ impl Default for BenchConfig {
             gen_core: 0,
             max_packets: 50_000_000,
             generator: GeneratorKind::Afxdp,
+            rate_pps: 0,
             kxdp: None,
             kxdp_args: Vec::new(),
             warmup: 0.5,
@@ -278,6 +293,17 @@ impl BenchConfig {
         }
         if self.dut_core == self.gen_core {
             return bad("dut_core and gen_core must differ".into());
+        }
+        if self.rate_pps > 0
+            && matches!(
+                self.generator,
+                GeneratorKind::Udp | GeneratorKind::XdpTrafficgen
+            )
+        {
+            return bad(format!(
+                "rate_pps: the {} generator cannot pace",
+                self.generator.name()
+            ));
         }
         Ok(())
     }

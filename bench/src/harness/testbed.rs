@@ -19,6 +19,7 @@ use kxdp_topology::{
     unique_suffix, veth, Netns, NodeKind, TopoResult, Topology, TopologyOptions, VXLAN_PORT,
 };
 
+use super::extgen;
 use super::gen::{self, FlowAddr, GenReport, VxlanOuter};
 use super::kube_rules::{self, ServicePort};
 use super::latency::{LatencyRecorder, LatencyResult};
@@ -767,6 +768,9 @@ impl Testbed {
         cfg: &BenchConfig,
         paced: Option<gen::Paced>,
     ) -> Result<GenReport, HarnessError> {
+        if self.generator.is_external() && paced.is_none() {
+            return self.generate_external(mode, frames, duration, cfg);
+        }
         let g = pod_ns(&self.topo, "g")?;
         let frames = frames.to_vec();
         let targets = udp_targets.to_vec();
@@ -781,6 +785,7 @@ impl Testbed {
             self.generator == GeneratorKind::Udp && !mode.sends_vxlan() && paced.is_none();
         let allow_udp = !mode.sends_vxlan() && paced.is_none();
         let payload = cfg.frame_len.saturating_sub(42);
+        let rate = cfg.rate_pps;
         let flows = frames.len();
         // kxdp-null's and xdp-redirect's frames are VXLAN-encapsulated and
         // they keep no per-flow state: fixed flows there.
@@ -798,7 +803,7 @@ impl Testbed {
             if udp_first {
                 return udp();
             }
-            match gen::afxdp_blast(ifname, &frames, pattern, paced, duration, max) {
+            match gen::afxdp_blast(ifname, &frames, pattern, paced, rate, duration, max) {
                 Ok(r) => Ok(r),
                 Err(e) if allow_udp => udp().map(|mut r| {
                     r.generator = format!("{} (AF_XDP failed: {e})", r.generator);
@@ -813,6 +818,64 @@ impl Testbed {
                 reason,
             })
         })
+    }
+
+    /// A throughput run with an external generator (`extgen`) in the
+    /// generator pod, on a thread pinned to the generator core. For
+    /// xdp-trafficgen, an XDP_PASS program on the peer veth while it runs
+    /// unless the peer already has an XDP program (kxdp's).
+    fn generate_external(
+        &self,
+        mode: Mode,
+        frames: &[Vec<u8>],
+        duration: Duration,
+        cfg: &BenchConfig,
+    ) -> Result<GenReport, HarnessError> {
+        let g = pod_ns(&self.topo, "g")?;
+        let ifname = if mode == Mode::Direct { "bd0" } else { "eth0" };
+        let pattern = if cfg.all_new && mode != Mode::KxdpNull {
+            gen::FlowPattern::AllNew
+        } else {
+            gen::FlowPattern::Templates
+        };
+        let run = extgen::ExtRun {
+            kind: self.generator,
+            ifname: ifname.into(),
+            frames: frames.to_vec(),
+            pattern,
+            duration,
+            max_packets: cfg.max_packets,
+            rate_pps: cfg.rate_pps,
+            core: self.gen_core,
+            scratch: self.dir.0.clone(),
+        };
+        let _pass = if self.generator == GeneratorKind::XdpTrafficgen {
+            let (ns, dev) = if mode == Mode::Direct {
+                (pod_ns(&self.topo, "s1")?, "bd1".to_owned())
+            } else {
+                let host = self.topo.pod("g").map(|p| p.host_veth.clone());
+                (self.node_a()?, host.unwrap_or_default())
+            };
+            if extgen::has_xdp(ns.name(), &dev) {
+                None
+            } else {
+                Some(extgen::XdpPass::attach(ns.name(), &dev)?)
+            }
+        } else {
+            None
+        };
+        let core = self.gen_core;
+        g.run_in(move || {
+            let _ = pin_current_thread(core);
+            Ok(extgen::run_external(&run))
+        })
+        .map_err(|reason| {
+            HarnessError::Gen(gen::GenError::External(format!(
+                "{}: {reason}",
+                cfg.generator.name()
+            )))
+        })?
+        .map_err(HarnessError::Gen)
     }
 
     /// Current counters.
