@@ -1427,7 +1427,11 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
         }
         if !ready && failed == 0 && synced_gen.is_some() && view.pods_without_mac().count() == 0 {
             // Other nodes' VTEPs resolved too, or given up on after
-            // NEIGHBOUR_GRACE (a node may be down; the rest works).
+            // NEIGHBOUR_GRACE (a node may be down; the rest works). Checked
+            // in the published tables, not the host view: the workers read
+            // the tables, and a host change takes a compile to get there
+            // (ready before that meant counted `neighbour-unresolved` drops
+            // for the first traffic toward other nodes).
             let unresolved: Vec<Ipv4Addr> = slot
                 .current()
                 .map(|t| {
@@ -1435,7 +1439,7 @@ fn run_dataplane(args: &RunArgs, stop: &AtomicBool) -> Result<()> {
                         .nodes()
                         .iter()
                         .map(|n| n.vtep_ip)
-                        .filter(|ip| view.neighbours.lookup(*ip).is_none())
+                        .filter(|ip| t.neighbours.lookup(*ip).is_none())
                         .collect()
                 })
                 .unwrap_or_default();
