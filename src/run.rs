@@ -152,6 +152,8 @@ const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(100);
 /// How long readiness waits for other nodes' addresses to resolve.
 const NEIGHBOUR_GRACE: Duration = Duration::from_secs(5);
+/// Empty iterations a `--rt-priority` worker spins before its idle sleep.
+const RT_IDLE_SPIN: u32 = 16;
 
 /// XDP attach mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -938,6 +940,12 @@ fn spawn_workers_with(
                 spin: 0,
                 sleep: Duration::ZERO,
             };
+        } else if args.rt_priority.is_some() {
+            // A real-time worker preempts the NAPI thread that fills its
+            // rings when they share a core: spinning on empty rings then
+            // only delays the packets it waits for (perf: ~30% of the core
+            // in idle iterations at 2000 spins). Yield almost at once.
+            cfg.idle.spin = RT_IDLE_SPIN;
         }
         let store_cfg = StoreConfig {
             frames: args.umem_frames,
