@@ -376,24 +376,7 @@ fn e2e_two_workers_each_transmit_on_their_own_uplink_queue() {
     let setup = (|| -> Result<KxdpCluster, String> {
         let topo = Topology::standard(TopologyOptions::default())?;
         two_queue_uplink(&topo)?;
-        let dir = TempDir::new(TEST)?;
-        let path = dir.path.join("cluster.yaml");
-        std::fs::write(&path, manifests(&topo, &services())?)
-            .map_err(|e| format!("write manifests: {e}"))?;
-        let node_a = topo.node("node-a").ok_or("no node-a")?;
-        let kxdp = KxdpProcess::start(
-            node_a,
-            &path,
-            &dir.path,
-            &["--workers", "2"],
-            Duration::from_secs(30),
-        )?;
-        Ok(KxdpCluster {
-            kxdp,
-            topo,
-            manifests: path,
-            dir,
-        })
+        KxdpCluster::start_on(topo, TEST, &services(), &["--workers", "2"])
     })();
     let mut c = match setup {
         Ok(c) => c,

@@ -39,7 +39,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ObjectBuilder, Xdp, XdpFlags};
 
-use crate::xdp::{AttachMode, Interface, XdpError};
+use crate::xdp::{bpf_err, object_map, object_prog_fd, AttachMode, Interface, XdpError};
 
 /// The compiled redirect program (built by `build.rs`).
 pub static REDIRECT_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/redirect.bpf.o"));
@@ -51,11 +51,6 @@ const PROG_FWD: &str = "redirect_fwd";
 const PROG_PASS: &str = "redirect_pass";
 
 type Result<T> = std::result::Result<T, XdpError>;
-
-fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
-    let what = what.into();
-    move |source| XdpError::Bpf { what, source }
-}
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> XdpError {
     let what = what.into();
@@ -156,13 +151,6 @@ fn current_netns_id() -> Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
-fn xdp_flags(mode: AttachMode) -> XdpFlags {
-    match mode {
-        AttachMode::Native => XdpFlags::DRV_MODE,
-        AttachMode::Generic => XdpFlags::SKB_MODE,
-    }
-}
-
 impl RedirectProgram {
     /// Loads both programs into the kernel (nothing attached yet).
     pub fn load() -> Result<Self> {
@@ -170,22 +158,8 @@ impl RedirectProgram {
             .open_memory(REDIRECT_OBJECT)
             .map_err(bpf_err("open redirect object"))?;
         let object = open.load().map_err(bpf_err("load redirect object"))?;
-        let map = |name: &'static str| -> Result<MapHandle> {
-            let m = object
-                .maps()
-                .find(|m| m.name() == name)
-                .ok_or(XdpError::MissingObject { name })?;
-            MapHandle::try_from(&m).map_err(bpf_err(format!("dup map {name}")))
-        };
-        let prog = |name: &'static str| -> Result<OwnedFd> {
-            let p = object
-                .progs()
-                .find(|p| p.name() == name)
-                .ok_or(XdpError::MissingObject { name })?;
-            p.as_fd()
-                .try_clone_to_owned()
-                .map_err(io_err(format!("dup program fd of {name}")))
-        };
+        let map = |name| object_map(&object, name);
+        let prog = |name| object_prog_fd(&object, name);
         // The duplicated fds keep programs and maps alive once `object`
         // (not Send) is dropped at the end of this function.
         Ok(RedirectProgram {
@@ -273,7 +247,7 @@ impl RedirectProgram {
         Xdp::new(fd)
             .attach(
                 iface.ifindex as i32,
-                xdp_flags(mode) | XdpFlags::UPDATE_IF_NOEXIST,
+                mode.flags() | XdpFlags::UPDATE_IF_NOEXIST,
             )
             .map_err(bpf_err(format!(
                 "attach {which:?} program to {}",
@@ -351,9 +325,9 @@ fn detach_in_netns(a: &Attachment, prog: BorrowedFd<'_>, ours: u32) -> Result<()
             if now.ifindex != a.iface.ifindex {
                 return Ok(());
             }
-            let flags = xdp_flags(a.mode);
+            let flags = a.mode.flags();
             let xdp = Xdp::new(prog);
-            let resident = xdp.query_id(a.iface.ifindex as i32, xdp_flags(a.mode)).ok();
+            let resident = xdp.query_id(a.iface.ifindex as i32, a.mode.flags()).ok();
             if resident != Some(ours) {
                 return Ok(()); // someone else's now: leave it
             }

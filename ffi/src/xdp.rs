@@ -173,9 +173,33 @@ pub enum XdpError {
 
 type Result<T> = std::result::Result<T, XdpError>;
 
-fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
+pub(crate) fn bpf_err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
     let what = what.into();
     move |source| XdpError::Bpf { what, source }
+}
+
+/// A duplicate of map `name` of a loaded object (keeps the map alive after
+/// the object, which is not `Send`, is dropped).
+pub(crate) fn object_map(object: &Object, name: &'static str) -> Result<MapHandle> {
+    let m = object
+        .maps()
+        .find(|m| m.name() == name)
+        .ok_or(XdpError::MissingObject { name })?;
+    MapHandle::try_from(&m).map_err(bpf_err(format!("dup map {name}")))
+}
+
+/// A duplicate of the fd of program `name` of a loaded object.
+pub(crate) fn object_prog_fd(object: &Object, name: &'static str) -> Result<OwnedFd> {
+    let p = object
+        .progs()
+        .find(|p| p.name() == name)
+        .ok_or(XdpError::MissingObject { name })?;
+    p.as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| XdpError::Io {
+            what: format!("dup program fd of {name}"),
+            source,
+        })
 }
 
 /// A network interface named and resolved by the caller in the current
@@ -287,7 +311,7 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
-    fn flags(self) -> XdpFlags {
+    pub(crate) fn flags(self) -> XdpFlags {
         match self {
             AttachMode::Native => XdpFlags::DRV_MODE,
             AttachMode::Generic => XdpFlags::SKB_MODE,
@@ -554,25 +578,8 @@ impl SteeringProgram {
             .map_err(bpf_err("open steering object"))?;
         let object = open.load().map_err(bpf_err("load steering object"))?;
 
-        let map = |name: &'static str| -> Result<MapHandle> {
-            let m = object
-                .maps()
-                .find(|m| m.name() == name)
-                .ok_or(XdpError::MissingObject { name })?;
-            MapHandle::try_from(&m).map_err(bpf_err(format!("dup map {name}")))
-        };
-        let prog_fd = |name: &'static str| -> Result<OwnedFd> {
-            let p = object
-                .progs()
-                .find(|p| p.name() == name)
-                .ok_or(XdpError::MissingObject { name })?;
-            p.as_fd()
-                .try_clone_to_owned()
-                .map_err(|source| XdpError::Io {
-                    what: format!("dup program fd of {name}"),
-                    source,
-                })
-        };
+        let map = |name| object_map(&object, name);
+        let prog_fd = |name| object_prog_fd(&object, name);
         let mut prog = SteeringProgram {
             prog_pod: prog_fd(PROG_POD)?,
             prog_uplink: prog_fd(PROG_UPLINK)?,

@@ -564,6 +564,17 @@ impl KxdpCluster {
     /// with `extra_args`, waiting until it is ready.
     pub fn start(tag: &str, extra: &[String], extra_args: &[&str]) -> TopoResult<Self> {
         let topo = Topology::standard(super::topology::TopologyOptions::default())?;
+        Self::start_on(topo, tag, extra, extra_args)
+    }
+
+    /// [`KxdpCluster::start`] on a standard topology the caller built (and
+    /// possibly changed, e.g. a multi-queue uplink).
+    pub fn start_on(
+        topo: Topology,
+        tag: &str,
+        extra: &[String],
+        extra_args: &[&str],
+    ) -> TopoResult<Self> {
         let dir = TempDir::new(tag)?;
         let path = dir.path.join("cluster.yaml");
         std::fs::write(&path, manifests(&topo, extra)?)

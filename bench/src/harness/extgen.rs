@@ -70,7 +70,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-use super::gen::{FlowPattern, GenError, GenReport};
+use super::gen::{FlowAddr, FlowPattern, GenError, GenReport};
 use super::GeneratorKind;
 
 /// The UDP port of Flannel's VXLAN (a template to that port is
@@ -358,21 +358,10 @@ fn run_trafgen_once(run: &ExtRun, sendto_path: bool) -> Result<GenReport, GenErr
 
 // --------------------------------------------------------- xdp-trafficgen
 
-/// The flow xdp-trafficgen can send for a template frame: its MACs, IPv4
-/// addresses and UDP ports; for a VXLAN frame, the inner IPv4/UDP flow with
-/// the outer MACs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ToolFlow {
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
-    pub src_ip: Ipv4Addr,
-    pub dst_ip: Ipv4Addr,
-    pub src_port: u16,
-    pub dst_port: u16,
-}
-
-/// Reads a template frame (plain or VXLAN-encapsulated IPv4/UDP).
-pub fn tool_flow(frame: &[u8]) -> Result<ToolFlow, GenError> {
+/// The flow xdp-trafficgen can send for a template frame (plain or
+/// VXLAN-encapsulated IPv4/UDP): its MACs, IPv4 addresses and UDP ports;
+/// for a VXLAN frame, the inner IPv4/UDP flow with the outer MACs.
+pub fn tool_flow(frame: &[u8]) -> Result<FlowAddr, GenError> {
     let bad = |why: String| GenError::Build(format!("template frame: {why}"));
     let p = SlicedPacket::from_ethernet(frame).map_err(|e| bad(e.to_string()))?;
     let Some(etherparse::LinkSlice::Ethernet2(eth)) = &p.link else {
@@ -388,13 +377,13 @@ pub fn tool_flow(frame: &[u8]) -> Result<ToolFlow, GenError> {
             .get(8..)
             .ok_or_else(|| bad("short VXLAN".into()))?;
         let f = tool_flow(inner)?;
-        return Ok(ToolFlow {
+        return Ok(FlowAddr {
             src_mac,
             dst_mac,
             ..f
         });
     }
-    Ok(ToolFlow {
+    Ok(FlowAddr {
         src_mac,
         dst_mac,
         src_ip: ip.header().source_addr(),
@@ -405,7 +394,7 @@ pub fn tool_flow(frame: &[u8]) -> Result<ToolFlow, GenError> {
 }
 
 /// `xdp-trafficgen udp` arguments for `flow`.
-pub fn xdp_trafficgen_args(flow: &ToolFlow, ifname: &str, max: u64) -> Vec<String> {
+pub fn xdp_trafficgen_args(flow: &FlowAddr, ifname: &str, max: u64) -> Vec<String> {
     vec![
         "udp".into(),
         "--dst-mac".into(),
@@ -555,7 +544,7 @@ impl PktgenSpec {
             .map(|f| tool_flow(f))
             .collect::<Result<Vec<_>, _>>()?;
         let first = *flows.first().ok_or(GenError::NoFlows)?;
-        let range = |v: &dyn Fn(&ToolFlow) -> u32| {
+        let range = |v: &dyn Fn(&FlowAddr) -> u32| {
             let lo = flows.iter().map(v).min().unwrap_or(0);
             let hi = flows.iter().map(v).max().unwrap_or(0);
             (lo, hi)
@@ -995,7 +984,7 @@ fn tail(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::gen::{plain_frame, set_new_flow_port, vxlan_frame, FlowAddr, VxlanOuter};
+    use crate::harness::gen::{plain_frame, set_new_flow_port, vxlan_frame, VxlanOuter};
 
     fn flow(i: u16) -> FlowAddr {
         FlowAddr {

@@ -69,7 +69,7 @@ pub struct GenReport {
 }
 
 /// One flow's addresses.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowAddr {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
